@@ -1,0 +1,3 @@
+from fracture_qi.cli.main import entry
+
+entry()

@@ -1,0 +1,92 @@
+"""Database engines and sessions: SQLite by default (WAL, busy timeout), PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fracture_qi.errors import StoreError
+
+#: how long a SQLite writer waits for the lock before giving up (milliseconds)
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
+    # Take the write lock at BEGIN: a deferred transaction that reads then writes can hit
+    # SQLITE_BUSY without the busy handler being consulted ("database is locked").
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def normalise_url(url: str, base: Path | None = None) -> str:
+    """Make a relative ``sqlite:///file.db`` relative to *base* (the manifest's folder)."""
+    try:
+        u = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(
+            f"database URL {url!r} is not a valid SQLAlchemy URL. "
+            "Fix: use sqlite:///path/to/file.db or postgresql+psycopg://user@host/dbname"
+        ) from e
+    if u.drivername.startswith("sqlite") and u.database and u.database != ":memory:":
+        p = Path(u.database)
+        if not p.is_absolute() and base is not None:
+            u = u.set(database=str((base / p).resolve()))
+    if u.drivername == "postgresql":  # prefer psycopg 3, which the project installs
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def connect(url: str, *, base: Path | None = None, echo: bool = False) -> Engine:
+    """Create an engine with the suite's safety settings.
+
+    SQLite gets WAL journaling, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` so
+    concurrent writers queue instead of failing. PostgreSQL gets ``pool_pre_ping``.
+    """
+    full = normalise_url(url, base)
+    u = make_url(full)
+    if u.drivername.startswith("sqlite"):
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            full,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin_immediate)
+    else:
+        engine = create_engine(full, echo=echo, pool_pre_ping=True)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """A sessionmaker whose objects stay readable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """Commit on success, roll back on error, always close."""
+    session = session_factory(engine)()
+    try:
+        yield session
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Debian packages the tests drive for real: Chromium (Voila pages, through Playwright),
+# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database).
+# Idempotent: installs only what is missing. Needs root (or sudo) on Debian/Ubuntu.
+set -euo pipefail
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -eq 0 ]; then
+  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql)"
+  exit 0
+fi
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "error: missing Debian packages: ${need[*]}; run as root: apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+fi
+echo "installing Debian packages: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian's packaged services try to start themselves; the suite runs its own instances.
+for svc in orthanc postgresql; do $SUDO service "$svc" stop >/dev/null 2>&1 || true; done
+echo "system packages installed"
