@@ -91,6 +91,19 @@ class PacsError(FractureQIError):
     """Raised when a PACS (DICOMweb or DIMSE) cannot be reached or refuses a request."""
 
 
+class FetchError(PacsError):
+    """Raised when a series cannot be retrieved after the configured retries.
+
+    Attributes
+    ----------
+    reason
+        Always ``FETCH_FAILED`` (a :class:`~fracture_qi.dicom.reasons.ReasonCode` value), so
+        a batch can record it like any other per-series failure.
+    """
+
+    reason = "FETCH_FAILED"
+
+
 class StoreError(FractureQIError):
     """Raised when the database cannot be opened, migrated or written."""
 

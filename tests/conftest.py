@@ -24,6 +24,7 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     report = outcome.get_result()
     if (
         report.skipped
+        and not hasattr(report, "wasxfail")  # an expected failure is a result, not a skip
         and os.environ.get("CI")
         and MUST_RUN_IN_CI & {m.name for m in item.iter_markers()}
     ):

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "demo": "demo",
     "synth": "synth",
     "index": "index",
+    "manifest": "manifest",
     "screen": "screen",
     "export": "export",
     "worklist": "worklist",

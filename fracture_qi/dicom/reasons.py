@@ -67,6 +67,8 @@ class ReasonCode(str, Enum):
     """A decoder was found but failed on this data."""
     MULTIFRAME = "MULTIFRAME"
     """Enhanced multi-frame CT that could not be split into frames with geometry."""
+    MIXED_SERIES = "MIXED_SERIES"
+    """Files of another series were given with this one (dropped; the largest series is kept)."""
 
     # --- screening --------------------------------------------------------------------------
     NO_VERTEBRAE = "NO_VERTEBRAE"
@@ -77,6 +79,8 @@ class ReasonCode(str, Enum):
     """Retrieval from the PACS failed after the configured retries."""
     TIMEOUT = "TIMEOUT"
     """The series took longer than the configured per-series limit."""
+    NO_MODEL_RESULT = "NO_MODEL_RESULT"
+    """The imported vendor results hold no row for this study."""
 
     def __str__(self) -> str:  # so f-strings and CSV writers show the code itself
         return self.value

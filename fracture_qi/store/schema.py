@@ -52,6 +52,8 @@ class Patient(Base):
     patient_key: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     nhs_number: Mapped[str | None] = mapped_column(String(16))
     mrn: Mapped[str | None] = mapped_column(String(64))
+    # namespace of the MRN key ("MRN:<mrn_issuer>"): IssuerOfPatientID, else the site
+    mrn_issuer: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(200))
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
     sex: Mapped[str | None] = mapped_column(String(1))

@@ -1,0 +1,307 @@
+"""Screening speed against decode-only speed, on one full-size series, in one run.
+
+Usage::
+
+    .venv/bin/python benchmarks/screen_speed.py [--device cpu|cuda|auto] [--workers 2]
+        [--slices 400] [--copies 4] [--batch-size 1] [--skip-j2k] [--rss-slices 800]
+        [--workdir /tmp/fqi-screen-bench] [--json out.json]
+
+What it does (everything on the same synthetic series: ``make_spine_volume``, 512x512,
+``--slices`` slices at 1 mm, 0.78 mm pixels, one L1 wedge fracture):
+
+1. writes it with pydicom as uncompressed (explicit VR little endian) and as JPEG 2000
+   lossless (pydicom ``compress(..., encoding_plugin="pylibjpeg")``), cached in --workdir;
+2. **decode-only**: ``fracture_qi.dicom.volume.load_series`` (the suite's decode path,
+   best decoder chosen by ``dicom/codecs.py``), best of --repeat, one process;
+3. **model-only**: ``ReferenceScreener.screen`` on the decoded volume (after a warm-up);
+4. **screen, one series**: the engine on one series, decode then model, no overlap;
+5. **pipelined**: the engine on ``--copies`` copies of the series with ``--workers`` decode
+   processes overlapping the model; per-series wall time and studies/hour; and the same
+   pipeline with a null model (decode + hand-over only) as the decode-only baseline at that
+   worker count. The ratio screen/decode compares those two;
+6. **memory**: peak RSS of a decode worker (and of the main process) on a ``--rss-slices``
+   series (uncompressed).
+
+Prints a Markdown table and one JSON object (``--json`` also writes it), so a GPU run
+(``--device cuda --workers 15``) can be pasted next to the CPU one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+from fracture_qi.dicom.volume import load_series
+from fracture_qi.screening.engine import SeriesJob, _peak_rss_mb, screen_series
+from fracture_qi.screening.types import SeriesResult
+
+
+# --------------------------------------------------------------------------------------------
+# writing the series
+# --------------------------------------------------------------------------------------------
+def _slice_dataset(hu: np.ndarray, k: int, spacing: tuple[float, float, float],
+                   origin: tuple[float, float, float], uids: dict[str, str]) -> Dataset:
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid(entropy_srcs=[uids["series"], str(k)])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
+    ds.FrameOfReferenceUID = uids["for"]
+    ds.Modality, ds.Manufacturer = "CT", "SYNTHETIC"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientAge, ds.StudyDate = "075Y", "20250101"
+    ds.SeriesNumber, ds.InstanceNumber = 2, k + 1
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing[0]]
+    ds.PixelSpacing = [spacing[1], spacing[2]]
+    ds.SliceThickness = spacing[0]
+    ds.Rows, ds.Columns = hu.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, -1024, "HU"
+    ds.PixelData = np.clip(hu.astype(np.int32) + 1024, 0, 4095).astype(np.uint16).tobytes()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
+
+
+def _write_chunk(args: tuple) -> None:
+    slices, ks, spacing, origin, uids, folder, j2k = args
+    for hu, k in zip(slices, ks):
+        ds = _slice_dataset(hu, k, spacing, origin, uids)
+        if j2k:
+            ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+        ds.save_as(Path(folder) / f"IM{k:04d}.dcm", enforce_file_format=True)
+
+
+def write_series(hu: np.ndarray, spacing, origin, folder: Path, *, j2k: bool,
+                 procs: int) -> list[Path]:
+    """Write a (z, y, x) HU volume as axial DICOM slices (cached: .complete marker)."""
+    done = folder / ".complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        uids = {"study": generate_uid(), "series": generate_uid(), "for": generate_uid()}
+        n = hu.shape[0]
+        chunks = np.array_split(np.arange(n), max(1, procs * 4))
+        work = [([hu[k] for k in c], list(c), tuple(spacing), tuple(origin), uids, str(folder),
+                 j2k) for c in chunks if len(c)]
+        with ProcessPoolExecutor(max_workers=procs) as pool:
+            list(pool.map(_write_chunk, work))
+        done.write_text("ok\n")
+    return sorted(folder.glob("IM*.dcm"))
+
+
+def make_volume(slices: int, seed: int = 5):
+    from fracture_qi.synth.phantom import make_spine_volume, random_patient_spec
+
+    rng = np.random.default_rng(seed)
+    spec = random_patient_spec(rng, age=75, sex="F", fractures=[("L1", "wedge", 2)])
+    spacing = (1.0, 0.78, 0.78) if slices <= 500 else (500.0 / slices, 0.78, 0.78)
+    vol, _ = make_spine_volume(spec, fov="cap", shape=(slices, 512, 512), spacing=spacing,
+                               rng=rng)
+    return vol
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+class NullModel:
+    """Returns at once: the pipeline's decode + hand-over cost alone."""
+
+    model_id, model_version, sha256, device = "null", "0", None, "cpu"
+
+    def screen(self, volume) -> SeriesResult:
+        return SeriesResult(status="ok")
+
+
+def _job(paths: list[Path], key: Any) -> SeriesJob:
+    ds = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    return SeriesJob(key=key, study_instance_uid=str(ds.StudyInstanceUID),
+                     series_instance_uid=str(ds.SeriesInstanceUID),
+                     paths=[str(p) for p in paths], path=str(paths[0].parent))
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def pipelined(paths, model, copies: int, workers: int, batch: int) -> tuple[float, float, list]:
+    """Wall time of *copies* series through the engine, and the steady-state time per series
+    (between the first and the last result: the pool's start-up left out)."""
+    jobs = [_job(paths, i) for i in range(copies)]
+    t0 = time.perf_counter()
+    outs, stamps = [], []
+    for o in screen_series(jobs, model, workers=workers, batch_size=batch):
+        outs.append(o)
+        stamps.append(time.perf_counter())
+    wall = time.perf_counter() - t0
+    bad = [o.result.reason for o in outs if o.result.status != "ok"]
+    if bad:
+        raise SystemExit(f"screening failed in the benchmark: {bad}")
+    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else wall
+    return wall, steady, outs
+
+
+def dask_pipelined(paths, model, copies: int, workers: int) -> dict[str, Any]:
+    """The same copies through ``--dask local`` (one model per worker process)."""
+    from fracture_qi.screening.distributed import screen_with_dask
+
+    jobs = [_job(paths, i) for i in range(copies)]
+    t0 = time.perf_counter()
+    stamps = []
+    for o in screen_with_dask(jobs, model, address="local", workers=workers):
+        if o.result.status != "ok":
+            raise SystemExit(f"dask screening failed in the benchmark: {o.result.reason}")
+        stamps.append(time.perf_counter())
+    wall = time.perf_counter() - t0
+    # the cluster's start-up (processes importing torch) is left out, as for the pool
+    steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else wall
+    return {"dask_local_workers": workers, "dask_copies": copies,
+            "dask_s_per_series": round(steady, 3),
+            "dask_studies_per_hour": round(3600 / steady, 1),
+            "dask_wall_incl_startup_s": round(wall, 1)}
+
+
+def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
+    r: dict[str, Any] = {"syntax": name, "slices": len(paths)}
+    repeat = args.repeat if name == "uncompressed" else 1
+    vol = None
+
+    def dec():
+        nonlocal vol
+        vol = load_series(paths)
+
+    r["decode_only_s"] = round(best_of(dec, repeat), 3)
+    c0 = time.process_time()
+    dec()
+    r["decode_only_cpu_s"] = round(time.process_time() - c0, 3)  # one thread: CPU = idle wall
+    r["decoder"] = vol.meta.get("decoder")
+    model.screen(vol)  # warm-up (kernels, allocator)
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = model.screen(vol)
+    r["model_only_s"] = round(time.perf_counter() - t0, 3)
+    r["model_only_cpu_s"] = round(time.process_time() - c0, 3)  # all torch threads together
+    r["result"] = {"status": res.status, "max_grade": res.max_grade,
+                   "flagged": bool(res.flagged), "n_vertebrae": res.n_vertebrae}
+    del vol
+    t0 = time.perf_counter()
+    list(screen_series([_job(paths, "one")], model, workers=0))
+    r["screen_one_series_s"] = round(time.perf_counter() - t0, 3)
+    r["ratio_one_series"] = round(r["screen_one_series_s"] / r["decode_only_s"], 2)
+    copies = args.copies if name == "uncompressed" else max(2 * args.workers, 4)
+    _, steady_null, _ = pipelined(paths, NullModel(), copies, args.workers, 1)
+    wall, steady, outs = pipelined(paths, model, copies, args.workers, args.batch_size)
+    r.update({
+        "copies": copies, "workers": args.workers, "batch_size": args.batch_size,
+        "pipelined_decode_only_s_per_series": round(steady_null, 3),
+        "pipelined_screen_s_per_series": round(steady, 3),
+        "ratio_pipelined": round(steady / steady_null, 2),
+        "studies_per_hour": round(3600 / steady, 1),
+        "studies_per_hour_incl_startup": round(copies * 3600 / wall, 1),
+        "worker_peak_rss_mb": max((o.worker_peak_rss_mb or 0) for o in outs),
+    })
+    if args.dask_local and name == "uncompressed":
+        r.update(dask_pipelined(paths, model, copies * 2, args.workers))
+    return r
+
+
+def rss_check(args, model) -> dict[str, Any]:
+    vol = make_volume(args.rss_slices, seed=6)
+    folder = Path(args.workdir) / f"uncompressed-{args.rss_slices}"
+    paths = write_series(vol.hu, vol.spacing, vol.origin, folder, j2k=False, procs=args.procs)
+    del vol
+    outs = list(screen_series([_job(paths, "rss")], model, workers=1))
+    o = outs[0]
+    return {"slices": len(paths), "status": o.result.status,
+            "worker_peak_rss_mb": o.worker_peak_rss_mb,
+            "main_peak_rss_mb": _peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--slices", type=int, default=400)
+    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--rss-slices", type=int, default=800, help="0 skips the memory check")
+    ap.add_argument("--skip-j2k", action="store_true")
+    ap.add_argument("--dask-local", action="store_true",
+                    help="also measure --dask local (uncompressed) with --workers processes")
+    ap.add_argument("--procs", type=int, default=os.cpu_count() or 2,
+                    help="processes for writing/encoding the test series")
+    ap.add_argument("--workdir", default="/tmp/fqi-screen-bench")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from fracture_qi.screening.models import load_model
+
+    model = load_model("reference", device=args.device)  # carries the spec Dask workers need
+    info: dict[str, Any] = {
+        "host": platform.node(), "cpus": os.cpu_count(), "device": str(model.device),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "pydicom": pydicom.__version__,
+        "model": f"{model.model_id} {model.model_version}", "workers": args.workers,
+    }
+    t0 = time.perf_counter()
+    vol = make_volume(args.slices)
+    info["phantom_s"] = round(time.perf_counter() - t0, 1)
+    work = Path(args.workdir)
+    series = {"uncompressed": write_series(vol.hu, vol.spacing, vol.origin,
+                                           work / f"uncompressed-{args.slices}", j2k=False,
+                                           procs=args.procs)}
+    if not args.skip_j2k:
+        t0 = time.perf_counter()
+        series["jpeg2000"] = write_series(vol.hu, vol.spacing, vol.origin,
+                                          work / f"j2k-{args.slices}", j2k=True,
+                                          procs=args.procs)
+        info["j2k_encode_s"] = round(time.perf_counter() - t0, 1)
+    del vol
+    rows = [measure(name, paths, model, args) for name, paths in series.items()]
+    out = {"info": info, "results": rows}
+    if args.rss_slices:
+        out["memory"] = rss_check(args, model)
+    print("| syntax | decode-only s | model-only s | screen 1 series s (ratio) | "
+          f"pipelined s/series, {args.workers} workers: decode-only / screen (ratio) | "
+          "studies/h | worker RSS MB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['syntax']} ({r['decoder']}) | {r['decode_only_s']} | {r['model_only_s']} | "
+              f"{r['screen_one_series_s']} ({r['ratio_one_series']}x) | "
+              f"{r['pipelined_decode_only_s_per_series']} / "
+              f"{r['pipelined_screen_s_per_series']} ({r['ratio_pipelined']}x) | "
+              f"{r['studies_per_hour']} | {r['worker_peak_rss_mb']} |")
+    if "memory" in out:
+        m = out["memory"]
+        print(f"\n{m['slices']}-slice series: decode worker peak RSS {m['worker_peak_rss_mb']} MB, "
+              f"main process peak RSS {m['main_peak_rss_mb']} MB")
+    text = json.dumps(out, indent=1)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

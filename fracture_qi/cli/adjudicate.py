@@ -1,0 +1,77 @@
+"""``fracture-qi adjudicate --manifest M --reviewer ID``: serve the nurses' adjudication app."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+DESCRIPTION = """\
+Serve the adjudication app with Voila: the nurse works through her worklist (AI-flagged
+studies, the audit sample of AI-negatives, blind second reads), views the curved sagittal
+reformat, axial slices and the AI overlay, and records a decision for each case. Decisions are
+append-only events with her reviewer ID, the UTC time and the app version.
+
+Safe defaults: binds 127.0.0.1 (another host needs --token), tracebacks never reach the
+browser, notebook code is not sent to the browser, idle kernels are shut down. Run
+`fracture-qi worklist` first to build the worklist."""
+
+EPILOG = """\
+examples:
+  fracture-qi adjudicate --manifest demo-output/cohort/data_manifest.yaml --reviewer nurse.a
+  fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --port 8870 --audit 2026-q3
+  fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --host 10.0.0.5 \\
+      --token "$(python -c 'import secrets;print(secrets.token_urlsafe(32))')"
+
+Each nurse runs her own server (her --reviewer is fixed for it) or the trust's reverse proxy
+sets it. In JupyterLab, open fracture_qi/notebooks/adjudicate.ipynb, set the parameters cell
+and run all. Exit status 0 when stopped with Ctrl-C; 2 when the manifest or database cannot be
+used or the bind is unsafe."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "adjudicate", help="serve the nurses' adjudication app (Voila)",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--manifest", "-m", default=os.environ.get("FRACTURE_QI_MANIFEST"),
+                   help="data_manifest.yaml (default: $FRACTURE_QI_MANIFEST)")
+    p.add_argument("--reviewer", required=True,
+                   help="the nurse's ID (login), recorded on every decision")
+    p.add_argument("--audit", default="default", help="worklist name (default: default)")
+    p.add_argument("--port", type=int, default=None, help="port (default 8866)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--token", default=os.environ.get("FRACTURE_QI_TOKEN"),
+                   help="access token the browser must present (default: $FRACTURE_QI_TOKEN)")
+    p.add_argument("--open", action="store_true", help="open the app in a local browser")
+    p.set_defaults(func=run)
+
+
+def notebook_path() -> Path:
+    """The packaged adjudication notebook."""
+    return Path(__file__).resolve().parents[1] / "notebooks" / "adjudicate.ipynb"
+
+
+def run(args: argparse.Namespace) -> int:
+    from fracture_qi.errors import ConfigError
+    from fracture_qi.manifest import read_manifest
+    from fracture_qi.serve import ENV_AUDIT, ENV_MANIFEST, ENV_REVIEWER, check_bind, serve_notebook
+    from fracture_qi.store import open_store
+
+    check_bind(args.host, args.token)  # refuse an unsafe bind before any work
+    if not args.manifest:
+        raise ConfigError(
+            "no manifest given. Fix: fracture-qi adjudicate --manifest path/to/data_manifest.yaml "
+            "--reviewer YOUR_ID (or set FRACTURE_QI_MANIFEST)")
+    reviewer = args.reviewer.strip()
+    if not reviewer or len(reviewer) > 100:
+        raise ConfigError(f"--reviewer {args.reviewer!r}: give the nurse's ID (1-100 characters)")
+    manifest_path = Path(args.manifest).resolve()
+    # fail here, with a one-line reason, rather than in every page load
+    engine = open_store(read_manifest(manifest_path, verify=False))
+    engine.dispose()
+    env = {ENV_MANIFEST: str(manifest_path), ENV_REVIEWER: reviewer, ENV_AUDIT: args.audit}
+    return serve_notebook(notebook_path(), port=args.port, host=args.host, token=args.token,
+                          env=env, open_browser=args.open)

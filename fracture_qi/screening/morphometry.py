@@ -1,0 +1,592 @@
+"""Vertebral morphometry: six-point heights, Genant grade and type, trabecular density.
+
+Heights follow six-point morphometry: the superior and inferior endplate are located at an
+anterior, a middle and a posterior column of the body, and each height is the Euclidean
+distance between the two endplate points of its column in the sagittal plane. Because the
+points are mapped back to patient millimetres, the heights are measured along the body's own
+axis, whatever the curvature of the spine.
+
+Grading compares each body with what is normal *for its level* (ANATOMY.md 1d): the
+mid-thoracic physiological wedge (Ha/Hp ~0.87) and the L5 reverse wedge (~1.15) are not
+fractures. Crush (the whole body lower) is judged against the posterior heights of the
+neighbours, scaled by the normal height ratio between the levels (ANATOMY.md 1a).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fracture_qi.dicom.geometry import CTVolume
+from fracture_qi.screening.spine import BodySpan, Straightened, _gauss1d
+from fracture_qi.screening.types import LEVELS, GenantGrade, MorphType
+
+#: normal Ha/Hp and Hm/Hp by level, adults >= 50 (ANATOMY.md 1d; T1-T3 extrapolated from T4)
+NORMAL_HA_HP: dict[str, float] = {
+    "T1": 0.93, "T2": 0.93, "T3": 0.92, "T4": 0.92, "T5": 0.90, "T6": 0.88, "T7": 0.87,
+    "T8": 0.87, "T9": 0.89, "T10": 0.91, "T11": 0.91, "T12": 0.91, "L1": 0.92, "L2": 0.95,
+    "L3": 0.98, "L4": 1.00, "L5": 1.15,
+}
+NORMAL_HM_HP: dict[str, float] = {lv: 0.88 for lv in LEVELS}
+#: typical posterior height by level (mm, ANATOMY.md 1a), used only as ratios between levels
+NORMAL_HP: dict[str, float] = {
+    "T1": 14.5, "T2": 16.0, "T3": 16.5, "T4": 17.0, "T5": 17.5, "T6": 18.5, "T7": 19.0,
+    "T8": 19.5, "T9": 20.5, "T10": 21.5, "T11": 23.0, "T12": 24.5, "L1": 26.5, "L2": 27.0,
+    "L3": 27.0, "L4": 26.5, "L5": 26.0,
+}
+#: levels graded without the Ha/Hp rule (L5: "exclude from simple Ha/Hp rules", ANATOMY.md 1d)
+NO_WEDGE_RULE = frozenset({"L5"})
+#: when the level is unknown, the population-wide priors
+DEFAULT_HA_HP = 0.92
+#: inset of the anterior and posterior columns from the walls, as a fraction of the depth
+COLUMN_INSET = 0.12
+#: half the thickness of a cortical endplate (mm): its outer surface lies this far beyond its peak
+CORTEX_HALF_MM = 0.5
+#: weight of the line-peak estimate against the steepest-step estimate of an endplate surface
+PEAK_WEIGHT = 0.65
+
+
+@dataclass
+class BodyMeasurement:
+    """Heights and landmarks of one vertebral body.
+
+    Attributes
+    ----------
+    ha, hm, hp
+        Anterior, middle and posterior heights (mm); ``None`` for a body cut by the view.
+    points_zy
+        The six landmarks as grid-mm ``(z, y)``: superior anterior, middle, posterior, then
+        inferior anterior, middle, posterior.
+    outline_zy
+        A closed outline of the body for drawing (grid-mm ``(z, y)``).
+    centre_zyx
+        Grid-mm centre of the body.
+    depth
+        Anterior-posterior depth (mm).
+    trabecular_hu
+        Median HU of an eroded core of the body, away from the basivertebral vein.
+    """
+
+    level: str | None
+    partial: bool
+    ha: float | None = None
+    hm: float | None = None
+    hp: float | None = None
+    points_zy: np.ndarray | None = None
+    outline_zy: np.ndarray | None = None
+    centre_zyx: tuple[float, float, float] | None = None
+    depth: float | None = None
+    trabecular_hu: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _edge_candidates(
+    s: np.ndarray, prof: np.ndarray, lo: float, hi: float, rising: bool
+) -> list[tuple[float, float]]:
+    """Candidate endplate surfaces in one column: ``(position mm, strength)``.
+
+    A candidate is a steep rising (``rising``) or falling step with, for strength, the
+    contrast of the bright cortical line just inside it (on the body's side) when there is
+    one, else half the step. Positions blend the steepest point and the line's peak: blurred by the slice profile, the
+    steepest step lies outside the true surface by about the blur width, while the peak (plus
+    half a cortical thickness) drifts towards the brighter side (inward when trabecular bone
+    is brighter than the disc); ``PEAK_WEIGHT`` balances the two.
+    """
+    step = float(s[1] - s[0])
+    sm = _gauss1d(prof, 0.7)
+    g = np.gradient(sm, s)
+    if not rising:
+        g = -g
+    idx = np.nonzero((s >= lo) & (s <= hi))[0]
+    out: list[tuple[float, float]] = []
+    if len(idx) < 3:
+        return out
+    gmax = float(g[idx].max())
+    if gmax <= 0:
+        return out
+    inward = 1 if rising else -1
+    n_in = max(1, int(round(3.0 / step)))
+    n_out = max(1, int(round(2.0 / step)))
+    for i in idx.tolist():
+        if not (g[i] >= 0.15 * gmax and g[i] >= g[max(i - 1, 0)] and g[i] >= g[min(i + 1, len(g) - 1)]):
+            continue
+        edge = float(s[i]) + _parabola(g, i) * step
+        outside = sm[int(np.clip(i - inward * n_out, 0, len(s) - 1))]
+        pos, strength = edge, 0.5 * float(g[i]) * 2.0
+        for k in range(1, n_in + 1):
+            j = i + inward * k
+            if 0 < j < len(s) - 1 and sm[j] >= sm[j - 1] and sm[j] >= sm[j + 1]:
+                peak = float(s[j]) + _parabola(sm, j) * step - inward * CORTEX_HALF_MM
+                pos, strength = PEAK_WEIGHT * peak + (1.0 - PEAK_WEIGHT) * edge, max(float(sm[j] - outside), strength)
+                break
+        out.append((pos, strength))
+    return out
+
+
+def _endplate_path(
+    cands: list[list[tuple[float, float]]], cols: np.ndarray, half_h: float
+) -> list[float | None]:
+    """Choose one candidate per column so that the endplate is a smooth line (dynamic
+    programming): total strength, minus a penalty for slopes steeper than an endplate can
+    have between neighbouring columns, minus a mild preference for the candidate nearer the
+    body's centre (the body's own endplate rather than the neighbour's across the disc)."""
+    usable = [k for k, c in enumerate(cands) if c]
+    if len(usable) < max(3, len(cands) // 2):
+        return [None] * len(cands)
+    smax = max(st for k in usable for _, st in cands[k]) or 1.0
+    score_prev: np.ndarray | None = None
+    back: list[np.ndarray] = []
+    prev_k = None
+    for k in usable:
+        pos = np.array([p for p, _ in cands[k]])
+        val = np.array([st for _, st in cands[k]]) / smax - 0.1 * np.abs(pos) / max(half_h, 1.0)
+        # faint steps (trabecular texture, noise) may not outvote a real, if faint, endplate
+        val = np.where(np.array([st for _, st in cands[k]]) >= 0.2 * smax, val, val - 1.0)
+        if score_prev is None:
+            score, bp = val, np.zeros(len(pos), dtype=int)
+        else:
+            assert prev_k is not None
+            ppos = np.array([p for p, _ in cands[prev_k]])
+            da = abs(float(cols[k]) - float(cols[prev_k]))
+            excess = np.clip(np.abs(pos[:, None] - ppos[None, :]) - 0.5 * da - 0.5, 0.0, None)
+            tot = score_prev[None, :] - 0.35 * excess
+            bp = np.argmax(tot, axis=1)
+            score = val + tot[np.arange(len(pos)), bp]
+        back.append(bp)
+        score_prev, prev_k = score, k
+    out: list[float | None] = [None] * len(cands)
+    j = int(np.argmax(score_prev))  # type: ignore[arg-type]
+    for n in range(len(usable) - 1, -1, -1):
+        k = usable[n]
+        out[k] = cands[k][j][0]
+        j = int(back[n][j])
+    return out
+
+
+def _parabola(y: np.ndarray, i: int) -> float:
+    """Sub-sample offset of the extremum of ``y`` at ``i`` from a parabola through 3 samples."""
+    if not 0 < i < len(y) - 1:
+        return 0.0
+    a, b, c = y[i - 1], y[i], y[i + 1]
+    den = a - 2 * b + c
+    return float(np.clip(0.5 * (a - c) / den, -1.0, 1.0)) if den != 0 else 0.0
+
+
+@dataclass
+class _Frame:
+    """A body-aligned sampling frame in the sagittal plane (grid mm)."""
+
+    cz: float
+    cy: float
+    hz: float  # unit vector towards superior along the body axis
+    hy: float
+
+    @property
+    def az(self) -> float:  # unit vector towards anterior, perpendicular to the axis
+        return self.hy
+
+    @property
+    def ay(self) -> float:
+        return -self.hz
+
+    def to_zy(self, h: np.ndarray | float, a: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        h, a = np.asarray(h, dtype=np.float64), np.asarray(a, dtype=np.float64)
+        return self.cz + h * self.hz + a * self.az, self.cy + h * self.hy + a * self.ay
+
+
+def _patch_request(
+    st: Straightened, fr: _Frame, h: np.ndarray, a: np.ndarray, dx: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Sample request (see :meth:`SpineSampler.sample_many`) for the body's sagittal patch in
+    its own frame, in the plane ``dx`` mm beside the canal's."""
+    H, A = np.meshgrid(h, a, indexing="ij")
+    z, y = fr.to_zy(H, A)
+    x = np.interp(z, st.cz, st.cx) + dx
+    return z, y, x, True
+
+
+def _walls(
+    img: np.ndarray, h: np.ndarray, a: np.ndarray, half_h: float, a_post: float, a_ant: float
+) -> tuple[float, float]:
+    """Posterior (rise going anterior) and anterior (fall) wall of a body patch, near guesses."""
+    rows = np.abs(h) <= 0.3 * half_h
+    prof = _gauss1d(img[rows].mean(axis=0).astype(np.float64), 1.0)
+    g = np.gradient(prof, a)
+    sel = np.abs(a - a_post) <= 8.0
+    ap = float(a[sel][int(np.argmax(g[sel]))]) if sel.any() else a_post
+    # a vertebral body is deeper than it is tall (depth/height 1.2-1.6): the anterior wall lies
+    # beyond ~1.5 half-spans, which skips falls inside the body (posterior cortex, texture)
+    aa = _first_fall(a, g, ap + max(12.0, 1.5 * half_h), ap + 60.0, a_ant)
+    return ap, aa
+
+
+def _first_fall(x: np.ndarray, g: np.ndarray, lo: float, hi: float, default: float) -> float:
+    """The first (most posterior) strong fall of a profile between ``lo`` and ``hi``.
+
+    Going forward from the posterior wall the body is flat until its anterior cortex; the
+    fall there comes before any fall at fat planes or bowel further anterior.
+    """
+    idx = np.nonzero((x > lo) & (x < hi))[0]
+    if len(idx) < 3:
+        return default
+    gmin = float(g[idx].min())
+    if gmin >= 0:
+        return default
+    for i in idx.tolist():
+        if g[i] <= 0.45 * gmin and g[i] <= g[max(i - 1, 0)] and g[i] <= g[min(i + 1, len(g) - 1)]:
+            return float(x[i])
+    return float(x[idx[int(np.argmin(g[idx]))]])
+
+
+def _endplates(
+    img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float
+) -> tuple[list[float | None], list[float | None]]:
+    """Superior and inferior endplate surface (``h``, mm) at each column ``cols``.
+
+    Nine columns across the body are searched jointly for each endplate (a smooth path
+    through per-column candidates), then read at the requested columns.
+    """
+    step = float(a[1] - a[0])
+    grid = np.linspace(min(cols), max(cols), 9)
+    sup_c, inf_c = [], []
+    # how far past the disc centre to look: thin thoracic discs put the neighbour's endplate
+    # within 2 mm, thick lumbar discs leave room for a body that sits off the disc centres
+    ext = float(np.clip(0.2 * half_h - 0.5, 1.0, 3.0))
+    for c in grid:
+        sel = np.abs(a - c) <= max(1.5, step)
+        prof = img[:, sel].mean(axis=1).astype(np.float64)
+        # windows stop just past the disc centres
+        sup_c.append(_edge_candidates(h, prof, -0.1 * half_h, half_h + ext, False))
+        inf_c.append(_edge_candidates(h, prof, -half_h - ext, 0.1 * half_h, True))
+    sup_p = _endplate_path(sup_c, grid, half_h)
+    inf_p = _endplate_path(inf_c, grid, half_h)
+
+    def read(path: list[float | None]) -> list[float | None]:
+        out: list[float | None] = []
+        for c in cols:
+            k = int(np.argmin(np.abs(grid - c)))
+            out.append(path[k])
+        return out
+
+    return read(sup_p), read(inf_p)
+
+
+def measure_body(
+    volume: CTVolume, st: Straightened, bd: BodySpan, device: torch.device, width_mm: float = 30.0
+) -> BodyMeasurement:
+    """Six-point heights and trabecular density of one body (see module docstring).
+
+    The body is first sampled in the canal-following frame; the tilt of its endplates there
+    gives the body's own axis, and the body is sampled again in a frame aligned with it, where
+    the walls, the three columns and the six endplate points are found. To measure several
+    bodies, :func:`measure_bodies` gives the same results with far fewer sampling calls.
+    """
+    return measure_bodies(volume, st, [bd], device, width_mm)[0]
+
+
+def measure_bodies(
+    volume: CTVolume, st: Straightened, bodies: list[BodySpan], device: torch.device, width_mm: float = 30.0
+) -> list[BodyMeasurement]:
+    """:func:`measure_body` for every body of a series, sampling all bodies together.
+
+    Each body's measurement is a generator that yields the sample requests it needs (its
+    patch in the canal frame, its patch in its own frame, its trabecular core) and receives
+    the HU back. The bodies advance in lock-step, so each round of requests of the whole series
+    is one :meth:`~fracture_qi.screening.spine.SpineSampler.sample_many` call (three calls per
+    series instead of about three per body). The results equal separate calls.
+
+    Parameters
+    ----------
+    volume, st
+        The CT volume and its straightened spine (with its sampler).
+    bodies
+        Body spans, caudal to cranial.
+    device
+        Torch device (the sampler's).
+    width_mm
+        Assumed body width for the trabecular sample.
+
+    Returns
+    -------
+    list of BodyMeasurement
+        One per body, in order.
+    """
+    assert st.sampler is not None
+    gens = [_measure_steps(volume, st, bd, width_mm) for bd in bodies]
+    out: list[BodyMeasurement | None] = [None] * len(gens)
+    pending: dict[int, Any] = {}
+    for i, g in enumerate(gens):
+        try:
+            pending[i] = next(g)
+        except StopIteration as stop:
+            out[i] = stop.value
+    while pending:
+        keys = list(pending)
+        vals = st.sampler.sample_many([pending[k] for k in keys])
+        pending = {}
+        for k, v in zip(keys, vals):
+            try:
+                pending[k] = gens[k].send(v)
+            except StopIteration as stop:
+                out[k] = stop.value
+    return [m for m in out if m is not None]
+
+
+def _measure_steps(
+    volume: CTVolume, st: Straightened, bd: BodySpan, width_mm: float
+) -> Generator[Any, np.ndarray, BodyMeasurement]:
+    """The measurement of one body as a generator of sample requests (see :func:`measure_bodies`)."""
+    m = BodyMeasurement(level=bd.level, partial=bool(bd.extra.get("partial", False)))
+    depth0 = max(bd.u_ant - bd.u_post, 1.0)
+    half_h = 0.5 * (bd.s_sup - bd.s_inf)
+    u_mid = bd.u_post + 0.5 * depth0
+    cz, cy = st.to_zy(bd.s_mid, u_mid)
+    nz = float(np.interp(bd.s_mid, st.s_mm, st.nz))
+    ny = float(np.interp(bd.s_mid, st.s_mm, st.ny))
+    fr = _Frame(float(cz), float(cy), -ny, nz)  # axis = canal tangent, anterior = normal
+    step = 0.5 if min(volume.spacing) < 1.5 else 1.0
+    h = np.arange(-half_h - 9.0, half_h + 9.0 + 1e-6, step)
+    a = np.arange(-0.5 * depth0 - 12.0, 0.5 * depth0 + 12.0 + 1e-6, step)
+    a_post, a_ant = -0.5 * depth0, 0.5 * depth0
+    h_lo, h_hi = -0.7 * half_h, 0.7 * half_h
+    if not m.partial:
+        for it in range(2):
+            img = yield _patch_request(st, fr, h, a)
+            a_post, a_ant = _walls(img, h, a, half_h, a_post, a_ant)
+            depth = a_ant - a_post
+            if it == 1:
+                break
+            # tilt of the endplates in this frame -> rotate the frame onto the body's axis
+            cols = [a_post + f * depth for f in (0.15, 0.3, 0.7, 0.85)]
+            sup, inf = _endplates(img, h, a, cols, half_h)
+            slopes = []
+            for e in (sup, inf):
+                ok = [(c, v) for c, v in zip(cols, e) if v is not None]
+                if len(ok) >= 3:
+                    cc, vv = np.array(ok).T
+                    slopes.append(np.polyfit(cc, vv, 1)[0])
+            # rotate only when both endplates agree on the tilt (a fracture tilts one of them)
+            ang = 0.0
+            if len(slopes) == 2 and abs(slopes[0] - slopes[1]) <= 0.15:
+                ang = float(np.arctan(np.clip(np.mean(slopes), -0.3, 0.3)))
+            # re-centre on the endplates found: the disc centres came from the posterior half of
+            # the body, and a body next to a wedge-shaped disc sits off them anteriorly
+            sv = [v for v in sup if v is not None]
+            iv = [v for v in inf if v is not None]
+            h_c = 0.0
+            if len(sv) >= 2 and len(iv) >= 2 and min(sv) > max(iv):
+                h_c = float(0.5 * (max(sv) + min(iv)))
+                half_h = float(0.5 * (max(sv) - min(iv))) + 1.5
+            # rotate so that the mean endplate direction becomes the "anterior" axis
+            ca, sa = np.cos(ang), np.sin(ang)
+            hz = fr.hz * ca - fr.az * sa
+            hy = fr.hy * ca - fr.ay * sa
+            ccz, ccy = fr.to_zy(h_c, 0.5 * (a_post + a_ant))
+            fr = _Frame(float(ccz), float(ccy), float(hz), float(hy))
+            a_post, a_ant = -0.5 * depth, 0.5 * depth
+        depth = a_ant - a_post
+        inset = max(COLUMN_INSET * depth, 4.0)
+        cols3 = [a_ant - inset, a_post + 0.5 * depth, a_post + inset]  # a, m, p
+        sup, inf = _endplates(img, h, a, cols3, half_h)
+        good = all(v is not None for v in sup + inf) and all(
+            s_ > i_ for s_, i_ in zip(sup, inf)  # type: ignore[operator]
+        )
+        if good:
+            sup_a = np.array(sup, dtype=float)
+            inf_a = np.array(inf, dtype=float)
+            zs, ys = fr.to_zy(sup_a, np.array(cols3))
+            zi, yi = fr.to_zy(inf_a, np.array(cols3))
+            hts = np.hypot(zs - zi, ys - yi)
+            if hts.min() < 0.4 * hts.max() or hts.min() < 3.0:
+                # beyond 60% collapse of one column (vertebra plana) an endplate was lost, not found
+                m.extra["implausible_heights"] = [round(float(x), 1) for x in hts]
+                good = False
+        if good:
+            m.points_zy = np.stack([np.concatenate([zs, zi]), np.concatenate([ys, yi])], axis=1)
+            m.ha, m.hm, m.hp = (float(x) for x in hts)
+            m.depth = float(depth)
+            h_lo, h_hi = float(inf_a.min()), float(sup_a.max())
+            a_seq = [a_post, cols3[2], cols3[1], cols3[0], a_ant]
+            top = [sup_a[2], sup_a[2], sup_a[1], sup_a[0], sup_a[0]]
+            bot = [inf_a[2], inf_a[2], inf_a[1], inf_a[0], inf_a[0]]
+            h_ol = np.array(top + bot[::-1], dtype=float)
+            a_ol = np.array(a_seq + a_seq[::-1], dtype=float)
+    if m.points_zy is None:
+        m.partial = True
+        m.depth = float(a_ant - a_post)
+        h_ol = np.array([h_hi, h_hi, h_lo, h_lo])
+        a_ol = np.array([a_post, a_ant, a_ant, a_post])
+    oz, oy = fr.to_zy(h_ol, a_ol)
+    m.outline_zy = np.stack([oz, oy], axis=1)
+    zc, yc = fr.to_zy(0.5 * (h_lo + h_hi), 0.5 * (a_post + a_ant))
+    xc = float(np.interp(zc, st.cz, st.cx)) + float(m.extra.get("x_offset_mm", 0.0))
+    m.centre_zyx = (float(zc), float(yc), xc)
+    m.extra["axis_zy"] = (fr.hz, fr.hy)
+    req = _trabecular_request(
+        st, fr, h_lo, h_hi, a_post, float(m.depth or 0.0),
+        float(m.extra.get("width_mm") or width_mm), float(m.extra.get("x_offset_mm", 0.0)),
+    )
+    if req is not None:
+        vals = yield req
+        vals = vals[vals > -900]
+        m.trabecular_hu = float(np.median(vals)) if len(vals) else None
+    return m
+
+
+def _trabecular_request(
+    st: Straightened,
+    fr: _Frame,
+    h_lo: float,
+    h_hi: float,
+    a_post: float,
+    depth: float,
+    width_mm: float,
+    dx: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
+    """Sample request for the trabecular core (its median HU is the density): the middle half
+    in height, from 35% to 80% of the depth from the back (clear of the posterior wall and the
+    basivertebral vein) and +-25% of the width; ``None`` for a body too small to sample."""
+    hh = h_hi - h_lo
+    if hh < 6.0 or depth < 10.0:
+        return None
+    hs = np.linspace(h_lo + 0.25 * hh, h_hi - 0.25 * hh, 5)
+    as_ = np.linspace(a_post + 0.35 * depth, a_post + 0.8 * depth, 5)
+    xs = np.linspace(-0.25 * width_mm, 0.25 * width_mm, 5)
+    H, A, X = np.meshgrid(hs, as_, xs, indexing="ij")
+    z, y = fr.to_zy(H, A)
+    x = np.interp(z, st.cz, st.cx) + dx + X
+    return z, y, x, False
+
+
+# --------------------------------------------------------------------------------------------
+# grading
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Deformity:
+    """Genant assessment of one body."""
+
+    grade: int
+    morph_type: str
+    reduction: float
+    score: float
+    reductions: dict[str, float]
+
+
+def grade_from_reduction(reduction: float) -> int:
+    """Genant grade of a fractional height reduction (0.20, 0.25 and 0.40 cut-offs).
+
+    Examples
+    --------
+    >>> [grade_from_reduction(r) for r in (0.1, 0.22, 0.3, 0.5)]
+    [0, 1, 2, 3]
+    """
+    if reduction >= 0.40:
+        return int(GenantGrade.SEVERE)
+    if reduction >= 0.25:
+        return int(GenantGrade.MODERATE)
+    if reduction >= 0.20:
+        return int(GenantGrade.MILD)
+    return int(GenantGrade.NORMAL)
+
+
+def deformity_score(reduction: float) -> float:
+    """A continuous 0..1 deformity probability from the height reduction.
+
+    Logistic around the grade-1 cut-off, so that 0.5 means "at the 20% line".
+
+    Examples
+    --------
+    >>> round(deformity_score(0.20), 2)
+    0.5
+    """
+    return float(1.0 / (1.0 + math.exp(-(reduction - 0.20) / 0.025)))
+
+
+def _expected_hp(i: int, meas: list[BodyMeasurement], exclude: set[int]) -> float | None:
+    """Posterior height expected for body ``i`` from up to two measured neighbours each side."""
+    me = meas[i]
+    vals = []
+    for j in (i - 2, i - 1, i + 1, i + 2):
+        if j < 0 or j >= len(meas) or j in exclude:
+            continue
+        nb = meas[j]
+        if nb.hp is None or nb.partial:
+            continue
+        if me.level and nb.level and me.level in NORMAL_HP and nb.level in NORMAL_HP:
+            scale = NORMAL_HP[me.level] / NORMAL_HP[nb.level]
+        else:
+            # unknown levels: heights grow about 4% per level going down (ANATOMY 1a)
+            scale = 1.04 ** (j - i)
+        vals.append(nb.hp * scale)
+    if not vals:
+        return None
+    return float(np.median(vals))
+
+
+def grade_bodies(meas: list[BodyMeasurement]) -> list[Deformity | None]:
+    """Genant grade and type of every measured body (``None`` for unmeasured ones).
+
+    Parameters
+    ----------
+    meas
+        Measurements caudal to cranial (neighbours matter for crush).
+
+    Returns
+    -------
+    list
+        One :class:`Deformity` (or ``None``) per measurement.
+    """
+    out: list[Deformity | None] = [None] * len(meas)
+    first = _grade_pass(meas, set())
+    # neighbours that are themselves crushed would hide a crush next to them: re-grade once
+    # with crushed bodies left out of the expectations
+    crushed = {i for i, d in enumerate(first) if d is not None and d.reductions.get("crush", 0) >= 0.20}
+    second = _grade_pass(meas, crushed) if crushed else first
+    for i in range(len(meas)):
+        out[i] = second[i]
+    return out
+
+
+def _grade_pass(meas: list[BodyMeasurement], exclude: set[int]) -> list[Deformity | None]:
+    res: list[Deformity | None] = []
+    for i, m in enumerate(meas):
+        if m.partial or m.ha is None or m.hm is None or m.hp is None or m.hp <= 0:
+            res.append(None)
+            continue
+        e_ahp = NORMAL_HA_HP.get(m.level or "", DEFAULT_HA_HP)
+        e_mhp = NORMAL_HM_HP.get(m.level or "", 0.88)
+        # wedge: anterior height short for this level. Reverse wedge (L5) makes Hp the
+        # short one; the same ratio read the other way covers a posterior wedge.
+        wedge = 1.0 - (m.ha / m.hp) / e_ahp
+        if m.level in NO_WEDGE_RULE:
+            # L5's reverse wedge varies too much (Ha/Hp 1.00-1.30) for a ratio rule (ANATOMY 1d)
+            wedge = 0.0
+        # biconcave: middle height short relative to the taller of the two walls
+        h_ref = max(m.ha / e_ahp, m.hp)
+        bic = 1.0 - (m.hm / h_ref) / e_mhp
+        exp_hp = _expected_hp(i, meas, exclude | {i})
+        crush = 1.0 - m.hp / exp_hp if exp_hp else 0.0
+        # a crush lowers the whole body: Ha must be low against the neighbours as well
+        if exp_hp:
+            crush = min(crush, 1.0 - (m.ha / e_ahp) / exp_hp + 0.05)
+        reds = {"wedge": float(wedge), "biconcave": float(bic), "crush": float(crush)}
+        kind = max(reds, key=lambda k: reds[k])
+        red = max(reds[kind], 0.0)
+        grade = grade_from_reduction(red)
+        res.append(
+            Deformity(
+                grade=grade,
+                morph_type=kind if grade > 0 else MorphType.NORMAL.value,
+                reduction=red,
+                score=deformity_score(red),
+                reductions=reds,
+            )
+        )
+    return res

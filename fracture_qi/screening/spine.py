@@ -1,0 +1,999 @@
+"""Find the spine in a CT volume, reformat it, find the vertebral bodies and name their levels.
+
+All coordinates here are *grid mm*: millimetres from the centre of voxel ``[0, 0, 0]`` along the
+canonical axes of :class:`~fracture_qi.dicom.geometry.CTVolume` (``z`` inferior->superior,
+``y`` anterior->posterior, ``x`` patient right->left), i.e. ``index * spacing``. Add
+``CTVolume.origin`` to get LPS.
+
+The pipeline (each stage batched over the whole volume on the chosen torch device):
+
+1. :func:`locate_canal` works on a coarse (~3 mm) grid: the spinal canal is the soft-tissue spot
+   with bone close in front (vertebral body), behind (laminae) and to the sides (pedicles); the
+   per-slice evidence is pooled along ``z`` and turned into a smooth centreline that follows
+   kyphosis, lordosis and scoliosis.
+2. :func:`straighten` samples a ~1 mm image along that centreline: rows follow the arc length
+   ``s`` of the canal in the sagittal plane, columns the distance ``u`` anterior of the canal
+   along the local normal; each pixel averages a thin slab across ``x`` (the curved
+   mid-sagittal plane follows the canal in ``x`` too).
+3. :func:`find_bodies` finds the discs (dark gaps flanked by bright endplates, where the posterior
+   wall of the body is interrupted) and so the vertebral bodies between them.
+4. :func:`label_levels` names the bodies by counting up from the lumbosacral disc (the first body
+   whose axial section is continuous with the sacral alae) and/or down from the last
+   rib-bearing vertebra, and leaves the level empty when the anchors disagree or are missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fracture_qi.dicom.geometry import CTVolume
+from fracture_qi.screening.types import LEVELS
+
+log = logging.getLogger(__name__)
+
+#: HU above which a max-pooled coarse voxel is called bone (cortex survives max pooling)
+BONE_HU = 250.0
+#: bounds of canal content (CSF, cord, epidural fat) on the coarse grid
+SOFT_HU = (-150.0, 110.0)
+#: target coarse voxel size in mm
+COARSE_MM = 3.0
+
+
+# --------------------------------------------------------------------------------------------
+# coarse grid
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CoarseGrid:
+    """A block-reduced copy of a volume for localisation.
+
+    Attributes
+    ----------
+    bone_max
+        Max HU of each block (float32 tensor, (Zc, Yc, Xc)); keeps thin cortex visible.
+    centre
+        HU of the centre voxel of each block (float32 tensor); for soft-tissue tests.
+    spacing
+        Block size in mm (z, y, x).
+    offset
+        Grid mm of the centre of block ``[0, 0, 0]`` (z, y, x).
+    """
+
+    bone_max: torch.Tensor
+    centre: torch.Tensor
+    spacing: tuple[float, float, float]
+    offset: tuple[float, float, float]
+
+    def to_mm(self, k: np.ndarray | float, axis: int) -> np.ndarray | float:
+        """Grid mm of coarse index ``k`` along ``axis``."""
+        return self.offset[axis] + np.asarray(k) * self.spacing[axis]
+
+
+def coarse_grid(volume: CTVolume, device: torch.device, target_mm: float = COARSE_MM) -> CoarseGrid:
+    """Block-reduce ``volume`` to about ``target_mm`` voxels without a float copy of it all.
+
+    The block maximum is taken on the int16 data (one pass, no conversion), the soft-tissue
+    image is a strided view; only the reduced arrays become float32.
+    """
+    hu = volume.hu
+    steps = [max(1, int(round(target_mm / s))) for s in volume.spacing]
+    steps = [min(steps[i], hu.shape[i]) for i in range(3)]
+    n = [hu.shape[i] // steps[i] for i in range(3)]
+    sub = hu[: n[0] * steps[0], : n[1] * steps[1], : n[2] * steps[2]]
+    if device.type == "cpu":
+        # numpy's int16 maximum is SIMD; reduce along z first (contiguous slices), then y, x
+        m = sub
+        for axis, k in enumerate(steps):
+            sl = [slice(None)] * 3
+            parts = []
+            for o in range(k):
+                sl[axis] = slice(o, None, k)
+                parts.append(m[tuple(sl)])
+            acc = parts[0]
+            for q in parts[1:]:
+                acc = np.maximum(acc, q)
+            m = acc
+        bone_max = torch.from_numpy(np.ascontiguousarray(m)).float()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(sub)).to(device)
+        bone_max = t.view(n[0], steps[0], n[1], steps[1], n[2], steps[2]).amax(dim=(1, 3, 5)).float()
+    c = sub[steps[0] // 2 :: steps[0], steps[1] // 2 :: steps[1], steps[2] // 2 :: steps[2]]
+    centre = torch.from_numpy(np.ascontiguousarray(c)).to(device).float()
+    bone_max = bone_max.to(device)
+    spacing = tuple(float(volume.spacing[i] * steps[i]) for i in range(3))
+    offset = tuple(float(volume.spacing[i] * (steps[i] - 1) / 2.0) for i in range(3))
+    return CoarseGrid(bone_max, centre, spacing, offset)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# canal centreline
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CanalPath:
+    """The spinal canal centre as a smooth function of ``z`` (grid mm).
+
+    Attributes
+    ----------
+    z_mm, y_mm, x_mm
+        Samples of the centreline at a regular ``z`` step, covering the span where the canal
+        was found.
+    score
+        Canal evidence at each sample (0..1, pooled along ``z``).
+    """
+
+    z_mm: np.ndarray
+    y_mm: np.ndarray
+    x_mm: np.ndarray
+    score: np.ndarray
+
+    def y_at(self, z: np.ndarray | float) -> np.ndarray:
+        return np.interp(z, self.z_mm, self.y_mm)
+
+    def x_at(self, z: np.ndarray | float) -> np.ndarray:
+        return np.interp(z, self.z_mm, self.x_mm)
+
+    @property
+    def length_mm(self) -> float:
+        return float(self.z_mm[-1] - self.z_mm[0]) if len(self.z_mm) else 0.0
+
+
+def _window_sum(t: torch.Tensor, dim: int, a: int, b: int) -> torch.Tensor:
+    """Sum of ``t`` over offsets ``a..b`` (``a <= b``) along ``dim``, zero beyond the edges.
+
+    A cumulative sum and two shifted slices: linear in the volume whatever the window, and
+    much faster on CPU than pooling kernels with long thin windows.
+    """
+    n = t.shape[dim]
+    p = max(abs(a), abs(b)) + 1
+    shape = list(t.shape)
+    shape[dim] = p
+    z = torch.zeros(shape, dtype=t.dtype, device=t.device)
+    c = torch.cat([z, t, z], dim=dim).cumsum(dim)  # c[j] = sum(t[.. j - p])
+    # sum(t[i+a .. i+b]) = c[i+b+p] - c[i+a+p-1]
+    return c.narrow(dim, b + p, n) - c.narrow(dim, a + p - 1, n)
+
+
+def _shift_max(mask: torch.Tensor, dim: int, lo: int, hi: int) -> torch.Tensor:
+    """For a 0/1 ``mask``: 1 where any voxel at offsets ``lo..hi`` (signed) along ``dim`` is 1."""
+    a, b = (lo, hi) if lo <= hi else (hi, lo)
+    return (_window_sum(mask, dim, a, b) > 0.5).to(mask.dtype)
+
+
+def _box_mean(t: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
+    """Mean over a centred window of ``2*radius+1`` along ``dim`` (only samples inside count)."""
+    if radius <= 0:
+        return t
+    ones = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
+    view = [1] * t.dim()
+    view[dim] = -1
+    count = _window_sum(ones.view(view).expand_as(t).contiguous(), dim, -radius, radius)
+    return _window_sum(t, dim, -radius, radius) / count
+
+
+def canal_evidence(grid: CoarseGrid) -> torch.Tensor:
+    """Per coarse voxel, 0..1 evidence that it is the centre of the spinal canal.
+
+    A canal voxel is soft tissue (no bone in its block) with bone within 4-20 mm anteriorly
+    (vertebral body), posteriorly (laminae, spinous process) and to either side (pedicles);
+    three of the four suffice, because discs interrupt the front and interlaminar gaps the back.
+    """
+    dz, dy, dx = grid.spacing
+    bone = (grid.bone_max > BONE_HU).float()
+    soft = ((grid.centre > SOFT_HU[0]) & (grid.centre < SOFT_HU[1]) & (grid.bone_max < BONE_HU)).float()
+    ky0, ky1 = max(1, int(round(4.0 / dy))), max(1, int(math.ceil(20.0 / dy)))
+    kx0, kx1 = max(1, int(round(4.0 / dx))), max(1, int(math.ceil(18.0 / dx)))
+    ant = _shift_max(bone, 1, -ky0, -ky1)  # bone at smaller y = anterior
+    post = _shift_max(bone, 1, ky0, ky1)
+    right = _shift_max(bone, 2, -kx0, -kx1)
+    left = _shift_max(bone, 2, kx0, kx1)
+    sides = ant + post + right + left
+    # three or four sides bounded by bone; four is better
+    ev = soft * torch.clamp(sides - 2.0, 0.0, 2.0) / 2.0
+    # no bone exactly at the canal but bone nearby in a ring: reject big soft cavities far
+    # from bone by requiring the nearest bone anteriorly AND posteriorly within the window
+    return ev
+
+
+def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None = None) -> CanalPath | None:
+    """Find the spinal canal centreline.
+
+    Parameters
+    ----------
+    volume
+        The CT volume.
+    device
+        Torch device for the volume-wide operations.
+    grid
+        A coarse grid already made by :func:`coarse_grid` (made here when ``None``).
+
+    Returns
+    -------
+    CanalPath or None
+        ``None`` when no canal runs for at least ~25 mm (no spine in view).
+    """
+    grid = grid if grid is not None else coarse_grid(volume, device)
+    dz, dy, dx = grid.spacing
+    zc, yc, xc = grid.bone_max.shape
+    ev = canal_evidence(grid)
+    # prefer the body's midline: the patient's outline (HU > -400) gives a centroid per slice
+    body = (grid.centre > -400.0).float()
+    xs = torch.arange(xc, device=ev.device, dtype=torch.float32)
+    mass = body.sum(dim=(1, 2)).clamp(min=1.0)
+    cx = (body.sum(dim=1) * xs).sum(dim=1) / mass  # (Zc,)
+    dist_x = (xs[None, :] - cx[:, None]) * dx  # mm
+    prior = torch.exp(-0.5 * (dist_x / 45.0) ** 2)  # scoliosis rarely moves the canal > 45 mm
+    ev = ev * prior[:, None, :]
+    # pool along z over ~21 mm: canal evidence persists, chance soft pockets do not
+    pooled = _box_mean(ev, 0, max(1, int(round(10.5 / dz))))
+    # smooth in-plane a little so the argmax sits at the canal centre, not its edge
+    pooled = _box_mean(_box_mean(pooled, 1, 1), 2, 1)
+    flat = pooled.reshape(zc, -1)
+    score, idx = flat.max(dim=1)
+    score_np = score.cpu().numpy().astype(np.float64)
+    iy = (idx // xc).cpu().numpy()
+    ix = (idx % xc).cpu().numpy()
+    if score_np.max(initial=0.0) <= 0.05:
+        return None
+    z_mm = np.asarray(grid.to_mm(np.arange(zc), 0), dtype=np.float64)
+    y_mm = np.asarray(grid.to_mm(iy, 1), dtype=np.float64)
+    x_mm = np.asarray(grid.to_mm(ix, 2), dtype=np.float64)
+    ref = np.percentile(score_np[score_np > 0], 90) if np.any(score_np > 0) else 0.0
+    valid = score_np > 0.3 * ref
+    if valid.sum() < 3:
+        return None
+    # robust: drop positions far from a running median of the valid ones
+    vz, vy, vx = z_mm[valid], y_mm[valid], x_mm[valid]
+    keep = np.ones(len(vz), dtype=bool)
+    half = max(2, int(round(15.0 / dz)))
+    for i in range(len(vz)):  # loop over slices (~100), not voxels
+        lo, hi = max(0, i - half), min(len(vz), i + half + 1)
+        if abs(vy[i] - np.median(vy[lo:hi])) > 12.0 or abs(vx[i] - np.median(vx[lo:hi])) > 12.0:
+            keep[i] = False
+    vz, vy, vx = vz[keep], vy[keep], vx[keep]
+    if len(vz) < 3:
+        return None
+    # the longest run of kept slices with gaps below 30 mm
+    gaps = np.diff(vz) > 30.0
+    runs = np.split(np.arange(len(vz)), np.nonzero(gaps)[0] + 1)
+    run = max(runs, key=lambda r: vz[r[-1]] - vz[r[0]])
+    vz, vy, vx = vz[run], vy[run], vx[run]
+    if vz[-1] - vz[0] < 25.0:
+        return None
+    # smooth with a Gaussian-weighted local line fit (bandwidth ~15 mm): follows curvature
+    zq = np.arange(vz[0], vz[-1] + 1e-6, 1.0)
+    ys = _local_linear(vz, vy, zq, 15.0)
+    xs_ = _local_linear(vz, vx, zq, 20.0)
+    sc = np.interp(zq, z_mm, score_np / max(ref, 1e-6))
+    return CanalPath(z_mm=zq, y_mm=ys, x_mm=xs_, score=np.clip(sc, 0, None))
+
+
+def _local_linear(x: np.ndarray, y: np.ndarray, xq: np.ndarray, bw: float) -> np.ndarray:
+    """Gaussian-weighted local linear regression of ``y(x)`` evaluated at ``xq``."""
+    w = np.exp(-0.5 * ((xq[:, None] - x[None, :]) / bw) ** 2)
+    sw = w.sum(1)
+    mx = (w * x).sum(1) / sw
+    my = (w * y).sum(1) / sw
+    vx = (w * (x - mx[:, None]) ** 2).sum(1) / sw
+    cxy = (w * (x - mx[:, None]) * (y - my[:, None])).sum(1) / sw
+    slope = np.where(vx > 1e-6, cxy / np.maximum(vx, 1e-6), 0.0)
+    return my + slope * (xq - mx)
+
+
+# --------------------------------------------------------------------------------------------
+# sampling: straightened image and sagittal reformat
+# --------------------------------------------------------------------------------------------
+
+
+class SpineSampler:
+    """Trilinear HU sampling from one float copy of the region around the spine.
+
+    The region (every row of the volume; ``y`` from 115 mm anterior to 50 mm posterior of the
+    canal; ``x`` 45 mm either side of it) is cut from the int16 volume and made float32 on the
+    device once per series. A thin mid-sagittal slab is the mean of ``slab_taps`` samples
+    spread over ``slab_mm`` across ``x``. Points outside the *volume* read as air (-1000 HU).
+    """
+
+    def __init__(
+        self, volume: CTVolume, path: CanalPath, device: torch.device, slab_mm: float = 4.0, slab_taps: int = 5
+    ) -> None:
+        sp = np.asarray(volume.spacing, dtype=np.float64)
+        shape = np.asarray(volume.hu.shape)
+        lo_mm = np.array([0.0, path.y_mm.min() - 115.0, path.x_mm.min() - 45.0])
+        hi_mm = np.array([(shape[0] - 1) * sp[0], path.y_mm.max() + 50.0, path.x_mm.max() + 45.0])
+        lo = np.clip(np.floor(lo_mm / sp).astype(int), 0, shape - 1)
+        hi = np.clip(np.ceil(hi_mm / sp).astype(int) + 1, lo + 1, shape)
+        crop = volume.hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        self.raw = torch.from_numpy(np.ascontiguousarray(crop)).to(device).float()[None, None]
+        self.lo = lo
+        self.size = np.asarray(crop.shape, dtype=np.float64)
+        self.spacing = sp
+        self.vol_shape = shape
+        self.device = device
+        # no wider than the data: a 4 mm slab of 3 mm voxels is 2 voxels of interpolation
+        self.offsets = np.linspace(-slab_mm / 2.0, slab_mm / 2.0, slab_taps) if slab_taps > 1 else np.zeros(1)
+
+    def sample(self, z: np.ndarray, y: np.ndarray, x: np.ndarray, slab: bool = True) -> np.ndarray:
+        """HU at grid-mm points (any common shape); ``slab`` averages across ``x``."""
+        return self.sample_many([(z, y, x, slab)])[0]
+
+    def sample_many(self, requests: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool]]) -> list[np.ndarray]:
+        """Several :meth:`sample` requests ``(z, y, x, slab)`` in one ``grid_sample`` call.
+
+        Every pixel is interpolated independently, so the results equal separate calls; one
+        call instead of dozens saves the per-call overhead (thread start-up on the CPU, a
+        kernel launch and a transfer each on a GPU).
+
+        Parameters
+        ----------
+        requests
+            Grid-mm coordinates (any common shape per request) and whether to average the
+            slab across ``x``.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            float32 HU, one array per request in its own shape.
+        """
+        if not requests:
+            return []
+        denom = np.maximum(self.size - 1, 1)
+        parts, metas = [], []
+        for z, y, x, slab in requests:
+            pts = np.stack([np.ravel(z), np.ravel(y), np.ravel(x)], axis=1) / self.spacing
+            norm = (2.0 * (pts - self.lo) / denom - 1.0).astype(np.float32)[:, ::-1]  # (x, y, z)
+            offs = self.offsets if slab else np.zeros(1)
+            dxn = (2.0 * offs / self.spacing[2] / denom[2]).astype(np.float32)
+            g = np.repeat(norm[None, :, :], len(offs), axis=0)  # (K, N, 3)
+            g[:, :, 0] += dxn[:, None]
+            parts.append(g.reshape(-1, 3))
+            inside = np.all((pts >= -0.5) & (pts <= self.vol_shape - 0.5), axis=1)
+            metas.append((np.shape(z), len(offs), len(pts), inside))
+        grid = torch.from_numpy(np.concatenate(parts, axis=0)).to(self.device)
+        out = F.grid_sample(self.raw, grid[None, None, None], mode="bilinear", padding_mode="border", align_corners=True)
+        flat = out.reshape(-1)
+        res: list[np.ndarray] = []
+        start = 0
+        for shape, k, n, inside in metas:
+            vals = flat[start : start + k * n].reshape(k, n).mean(dim=0).cpu().numpy()
+            start += k * n
+            res.append(np.where(inside, vals, np.float32(-1000.0)).astype(np.float32).reshape(shape))
+        return res
+
+
+@dataclass
+class Straightened:
+    """The spine sampled along its canal: rows ``s`` (arc length, caudal->cranial), columns ``u``.
+
+    Attributes
+    ----------
+    image
+        float32 HU, shape ``(len(s), len(u))``.
+    s_mm, u_mm
+        Row and column coordinates (mm). ``u`` is the distance anterior of the canal centre
+        along the local sagittal normal (negative values: posterior).
+    cz, cy, cx
+        Grid-mm position of the canal centre at each row.
+    nz, ny
+        The anterior normal (sagittal plane) at each row; ``(z, y) = (cz, cy) + u * (nz, ny)``.
+    """
+
+    image: np.ndarray
+    s_mm: np.ndarray
+    u_mm: np.ndarray
+    cz: np.ndarray
+    cy: np.ndarray
+    cx: np.ndarray
+    nz: np.ndarray
+    ny: np.ndarray
+    sampler: SpineSampler | None = None
+
+    def to_zy(self, s: np.ndarray | float, u: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Grid-mm ``(z, y)`` of straightened coordinates ``(s, u)``."""
+        cz = np.interp(s, self.s_mm, self.cz)
+        cy = np.interp(s, self.s_mm, self.cy)
+        nz = np.interp(s, self.s_mm, self.nz)
+        ny = np.interp(s, self.s_mm, self.ny)
+        return cz + np.asarray(u) * nz, cy + np.asarray(u) * ny
+
+    def x_at_s(self, s: np.ndarray | float) -> np.ndarray:
+        return np.interp(s, self.s_mm, self.cx)
+
+
+def straighten(
+    volume: CTVolume,
+    path: CanalPath,
+    device: torch.device,
+    step_mm: float = 1.0,
+    u_range: tuple[float, float] = (-20.0, 85.0),
+    sampler: SpineSampler | None = None,
+) -> Straightened:
+    """Sample the straightened mid-sagittal image along the canal (see :class:`Straightened`)."""
+    sampler = sampler if sampler is not None else SpineSampler(volume, path, device)
+    dzdz = np.gradient(path.y_mm, path.z_mm)
+    seg = np.sqrt(1.0 + dzdz**2)
+    arc = np.concatenate([[0.0], np.cumsum(0.5 * (seg[1:] + seg[:-1]) * np.diff(path.z_mm))])
+    s = np.arange(0.0, arc[-1] + 1e-6, step_mm)
+    cz = np.interp(s, arc, path.z_mm)
+    cy = np.interp(s, arc, path.y_mm)
+    cx = np.interp(s, arc, path.x_mm)
+    slope = np.interp(cz, path.z_mm, dzdz)
+    tz, ty = 1.0 / np.sqrt(1 + slope**2), slope / np.sqrt(1 + slope**2)
+    nz, ny = ty, -tz  # anterior normal: straight spine -> (0, -1)
+    u = np.arange(u_range[0], u_range[1] + 1e-6, step_mm)
+    zz = cz[:, None] + u[None, :] * nz[:, None]
+    yy = cy[:, None] + u[None, :] * ny[:, None]
+    xx = np.interp(zz, path.z_mm, path.x_mm)
+    img = sampler.sample(zz, yy, xx)
+    return Straightened(img, s, u, cz, cy, cx, nz, ny, sampler)
+
+
+@dataclass
+class SagittalReformat:
+    """The curved mid-sagittal reformat for display.
+
+    Attributes
+    ----------
+    image
+        float32 HU, shape ``(len(z_mm), len(y_mm))``; row 0 is the most *inferior* row (flip
+        vertically to show head up).
+    z_mm, y_mm
+        Grid-mm coordinates of rows and columns.
+    x_mm
+        Grid-mm ``x`` of the plane at each row (the plane follows the canal).
+    """
+
+    image: np.ndarray
+    z_mm: np.ndarray
+    y_mm: np.ndarray
+    x_mm: np.ndarray
+
+
+def sagittal_reformat(
+    volume: CTVolume,
+    path: CanalPath,
+    device: torch.device,
+    step_mm: float = 1.0,
+    margin_mm: tuple[float, float] = (110.0, 45.0),
+    sampler: SpineSampler | None = None,
+) -> SagittalReformat:
+    """Sample the curved mid-sagittal plane on a regular ``(z, y)`` grid.
+
+    Parameters
+    ----------
+    margin_mm
+        How far anterior and posterior of the canal to show.
+    """
+    zmax = (volume.shape[0] - 1) * volume.spacing[0]
+    ymax = (volume.shape[1] - 1) * volume.spacing[1]
+    z = np.arange(0.0, zmax + 1e-6, step_mm)
+    y0 = max(0.0, float(path.y_mm.min()) - margin_mm[0])
+    y1 = min(ymax, float(path.y_mm.max()) + margin_mm[1])
+    y = np.arange(y0, y1 + 1e-6, step_mm)
+    # beyond the found canal, keep the plane where it was last seen
+    xrow = np.interp(z, path.z_mm, path.x_mm)
+    zz, yy = np.meshgrid(z, y, indexing="ij")
+    xx = np.broadcast_to(xrow[:, None], zz.shape)
+    sampler = sampler if sampler is not None else SpineSampler(volume, path, device)
+    img = sampler.sample(zz, yy, np.ascontiguousarray(xx))
+    return SagittalReformat(img, z, y, xrow)
+
+
+# --------------------------------------------------------------------------------------------
+# discs and bodies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BodySpan:
+    """A vertebral body between two discs in straightened coordinates.
+
+    Attributes
+    ----------
+    s_inf, s_sup
+        Centres of the discs below and above (mm along ``s``).
+    u_post, u_ant
+        Posterior and anterior wall of the body (mm along ``u``), from its middle rows.
+    level
+        Level name once labelled, else ``None``.
+    """
+
+    s_inf: float
+    s_sup: float
+    u_post: float
+    u_ant: float
+    level: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def s_mid(self) -> float:
+        return 0.5 * (self.s_inf + self.s_sup)
+
+
+def _gauss1d(x: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma <= 0:
+        return x
+    r = int(math.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    xp = np.pad(x, (r, r), mode="edge")
+    return np.convolve(xp, k, mode="valid")
+
+
+def _running_max(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """max of ``x[i+lo .. i+hi]`` (clipped to the array) for each ``i``."""
+    n = len(x)
+    out = np.full(n, -np.inf)
+    for k in range(lo, hi + 1):
+        src = np.full(n, -np.inf)
+        if k >= 0:
+            src[: n - k] = x[k:] if k < n else src[:0]
+        else:
+            src[-k:] = x[: n + k]
+        out = np.maximum(out, src)
+    return out
+
+
+def posterior_wall(st: Straightened) -> float:
+    """Typical distance (mm) from the canal centre to the posterior wall of the bodies."""
+    u = st.u_mm
+    prof = np.median(st.image, axis=0)
+    sel = (u > 1.0) & (u < 25.0)
+    us, ps = u[sel], prof[sel]
+    # the steepest rise from canal contents into bone
+    g = np.gradient(_gauss1d(ps, 1.0))
+    return float(us[int(np.argmax(g))])
+
+
+def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
+    """Per row of the straightened image, evidence that it is the middle of a disc.
+
+    A disc is a narrow dark gap flanked within ``valley_mm`` by bright endplates, seen in the
+    body's mean HU, in its anterior cortex and in its posterior wall at once. The body's own
+    trabecular interior is a wider gap (its endplates lie further apart), so a narrow window
+    scores discs well above body interiors.
+    """
+    img = st.image
+    u = st.u_mm
+    step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
+    upw = posterior_wall(st)
+    sig = 1.0 / step
+    mean_band = _gauss1d(img[:, (u >= upw + 2.0) & (u <= upw + 25.0)].mean(axis=1).astype(np.float64), sig)
+    row_max = _gauss1d(img[:, (u >= upw - 3.0) & (u <= upw + 55.0)].max(axis=1).astype(np.float64), sig)
+    wall = _gauss1d(img[:, (u >= upw - 3.0) & (u <= upw + 3.0)].max(axis=1).astype(np.float64), sig)
+    w = max(2, int(round(valley_mm / step)))
+
+    def valley(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.minimum(_running_max(x, -w, 0), _running_max(x, 0, w)) - x, 0.0, None)
+
+    # Each cue on its own scale, then the median of the three: a disc dips in all of them
+    # (mean HU, the brightest pixel of the row, the posterior wall), while a hollow
+    # osteoporotic body dips only in its mean (its cortical walls run on) and the
+    # basivertebral foramen only in the posterior wall.
+    cues = []
+    for c in (valley(mean_band), valley(row_max), valley(wall)):
+        cues.append(np.clip(c / max(float(np.percentile(c, 97)), 20.0), 0.0, 1.5))
+    score = 100.0 * np.median(np.stack(cues), axis=0)
+    # and the mean must dip too: the basivertebral cleft darkens the wall and so the row
+    # maximum, but not the body as a whole
+    score[cues[0] < 0.2] = 0.0
+    # a disc needs data on both sides: rows near the edge of the scanned volume (sampled as
+    # -1000) would otherwise look like a gap after the last endplate
+    outside = (img < -900).mean(axis=1) > 0.5
+    near_edge = _running_max(outside.astype(np.float64), -w - 2, w + 2) > 0
+    score[near_edge] = 0.0
+    return score
+
+
+def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
+    """Find the discs along the straightened spine and return the bodies between them.
+
+    Parameters
+    ----------
+    st
+        The straightened image.
+    min_body_mm
+        Smallest disc-to-disc distance accepted (a grade 3 fracture of a small thoracic body
+        plus its discs).
+
+    Returns
+    -------
+    list of BodySpan
+        Caudal to cranial. Bodies between two discs have ``extra["partial"] = False``; a body
+        cut by the edge of the view (one disc found, at least 10 mm of bone beyond it) is kept
+        with ``extra["partial"] = True`` so that it can be labelled, not measured.
+    """
+    img = st.image
+    u = st.u_mm
+    step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
+    upw = posterior_wall(st)
+    score = disc_score(st)
+    sep = max(2, int(round(min_body_mm / step)))
+    cand = sorted(_peaks(score, sep, 0.02 * max(float(np.percentile(score, 99)), 1.0)))
+    if not cand:
+        return []
+    # the clearest discs set the scale; body interiors score well below half of them
+    vals = np.sort(score[cand])[::-1]
+    ref = float(np.mean(vals[:3]))
+    strong = [c for c in cand if score[c] >= 0.5 * ref]
+    weak_thr = 0.15 * ref
+    discs = _grow_discs(strong, cand, score, weak_thr, step)
+    bodies: list[BodySpan] = []
+    for a, b in zip(discs[:-1], discs[1:]):
+        length = (b - a) * step
+        if length < min_body_mm or length > 70.0:
+            continue
+        bodies.append(BodySpan(float(st.s_mm[a]), float(st.s_mm[b]), upw, upw + 30.0, extra={"partial": False}))
+    # bodies cut by the edge of the view, above the top disc and below the bottom one
+    valid_rows = np.nonzero((img > -900).mean(axis=1) > 0.5)[0]
+    if discs and len(valid_rows):
+        pitch = float(np.median(np.diff(discs)) * step) if len(discs) > 1 else 30.0
+        top_end = float(st.s_mm[valid_rows[-1]])
+        s_top = float(st.s_mm[discs[-1]])
+        if top_end - s_top >= 10.0:
+            bodies.append(BodySpan(s_top, min(top_end, s_top + pitch), upw, upw + 30.0, extra={"partial": True}))
+        bot_end = float(st.s_mm[valid_rows[0]])
+        s_bot = float(st.s_mm[discs[0]])
+        if s_bot - bot_end >= 10.0:
+            bodies.insert(0, BodySpan(max(bot_end, s_bot - pitch), s_bot, upw, upw + 30.0, extra={"partial": True}))
+    for bd in bodies:
+        bd.u_post, bd.u_ant = _body_walls(st, bd, upw)
+    # drop spans that do not look like a vertebral body (bone in the box, some depth)
+    keep = []
+    for bd in bodies:
+        h = bd.s_sup - bd.s_inf
+        rows = (st.s_mm > bd.s_inf + 0.2 * h) & (st.s_mm < bd.s_sup - 0.2 * h)
+        cols = (u >= bd.u_post) & (u <= bd.u_ant)
+        if rows.sum() == 0 or cols.sum() == 0:
+            continue
+        box_p90 = float(np.percentile(img[rows][:, cols], 90))
+        if box_p90 < 120.0 or bd.u_ant - bd.u_post < 12.0:
+            log.debug("dropping span %.0f-%.0f mm: P90 %.0f HU, depth %.0f mm", bd.s_inf, bd.s_sup, box_p90, bd.u_ant - bd.u_post)
+            continue
+        keep.append(bd)
+    return keep
+
+
+def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: float, step: float) -> list[int]:
+    """Add weaker discs where the strong ones leave a gap of about two vertebrae, and at the
+    ends where the next disc is due one vertebra further on."""
+    discs = sorted(strong)
+    if len(discs) < 2:
+        return discs
+    cand_arr = np.asarray(cand)
+
+    def best_in(lo: float, hi: float) -> int | None:
+        sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
+        sel = sel[score[sel] >= thr]
+        return int(sel[np.argmax(score[sel])]) if len(sel) else None
+
+    changed = True
+    while changed:
+        changed = False
+        gaps = np.diff(discs)
+        for i, g in enumerate(gaps):
+            # the pitch of whole vertebrae: two close peaks at the edges of one tall gap (above
+            # a crushed body) are not a pitch, and halving everything to match them would be
+            others = np.delete(gaps, i)
+            others = others[others * step >= 15.0]
+            ref = float(np.median(others)) if len(others) else float(g)
+            if g > 1.55 * ref and g * step > 20.0:
+                j = best_in(discs[i] + 0.3 * g, discs[i + 1] - 0.3 * g)
+                if j is not None:
+                    discs.insert(i + 1, j)
+                    changed = True
+                    break
+    for direction in (1, -1):
+        while True:
+            gaps = np.diff(discs)
+            pitch = float(gaps[-1] if direction == 1 else gaps[0])
+            last = discs[-1] if direction == 1 else discs[0]
+            lo, hi = sorted((last + direction * 0.65 * pitch, last + direction * 1.4 * pitch))
+            j = best_in(lo, hi)
+            if j is None:
+                break
+            if direction == 1:
+                discs.append(j)
+            else:
+                discs.insert(0, j)
+    return discs
+
+
+def _peaks(score: np.ndarray, min_sep: int, thr: float) -> list[int]:
+    """Greedy non-maximum suppression of a 1-D score."""
+    order = np.argsort(score)[::-1]
+    taken: list[int] = []
+    for i in order:
+        if score[i] < thr:
+            break
+        if all(abs(int(i) - j) >= min_sep for j in taken):
+            taken.append(int(i))
+    return taken
+
+
+def _body_walls(st: Straightened, bd: BodySpan, upw: float) -> tuple[float, float]:
+    """Posterior and anterior wall (u, mm) of one body from its middle rows."""
+    u = st.u_mm
+    h = bd.s_sup - bd.s_inf
+    rows = (st.s_mm > bd.s_inf + 0.3 * h) & (st.s_mm < bd.s_sup - 0.3 * h)
+    if rows.sum() == 0:
+        return upw, upw + 25.0
+    prof = _gauss1d(st.image[rows].mean(axis=0).astype(np.float64), 0.7)
+    # posterior wall: steepest rise near the typical wall position
+    sel = (u > upw - 6.0) & (u < upw + 6.0)
+    g = np.gradient(prof)
+    up = float(u[sel][int(np.argmax(g[sel]))]) if sel.any() else upw
+    # anterior wall: the first strong fall from bone to soft tissue beyond 0.65 disc-to-disc
+    # spans (a body is deeper than tall), at most 65 mm anterior of the posterior wall
+    from fracture_qi.screening.morphometry import (
+        _first_fall,  # shared rule, no import cycle at load
+    )
+
+    ua = _first_fall(u, g, up + max(12.0, 0.65 * h), up + 65.0, up + 25.0)
+    return up, ua
+
+
+# --------------------------------------------------------------------------------------------
+# level labelling
+# --------------------------------------------------------------------------------------------
+
+
+def _lateral_runs(
+    grid: CoarseGrid,
+    z0: float,
+    z1: float,
+    yc: float,
+    y0: float,
+    y1: float,
+    xc: float,
+    gap_mm: float,
+    bone_hu: float,
+) -> tuple[float, float]:
+    """Reach (mm) of bone from the midline to the right and left in a slab.
+
+    Bone is projected (max) over slices ``z0..z1`` and rows ``yc+y0..yc+y1`` (grid mm); a run
+    starts at the midline ``xc`` and continues across gaps no wider than ``gap_mm``.
+    """
+    dz, dy, dx = grid.spacing
+    k0 = int(np.clip(np.floor((z0 - grid.offset[0]) / dz), 0, grid.bone_max.shape[0] - 1))
+    k1 = int(np.clip(np.ceil((z1 - grid.offset[0]) / dz), k0 + 1, grid.bone_max.shape[0]))
+    i0 = int(np.clip(np.floor((yc + y0 - grid.offset[1]) / dy), 0, grid.bone_max.shape[1] - 1))
+    i1 = int(np.clip(np.ceil((yc + y1 - grid.offset[1]) / dy), i0 + 1, grid.bone_max.shape[1]))
+    occ = (grid.bone_max[k0:k1, i0:i1] > bone_hu).any(dim=1).any(dim=0).cpu().numpy()
+    j = int(np.clip(round((xc - grid.offset[2]) / dx), 0, len(occ) - 1))
+    maxgap = max(1, int(round(gap_mm / dx)))
+
+    def reach(direction: int) -> float:
+        last = j
+        k = j
+        miss = 0
+        while 0 <= k + direction < len(occ):
+            k += direction
+            if occ[k]:
+                last = k
+                miss = 0
+            else:
+                miss += 1
+                if miss > maxgap:
+                    break
+        return abs(last - j) * dx
+
+    return reach(-1), reach(1)
+
+
+def sacral_width(grid: CoarseGrid, st: Straightened, s: float, u_post: float, u_ant: float) -> float:
+    """Width (mm) of the bone continuous with the body at arc length ``s``.
+
+    Sacral alae make S1 much wider (> 120 mm, continuous with the ilia) than any lumbar body
+    (40-55 mm; with L5's transverse processes up to about 90 mm). The threshold is low
+    (150 HU) because a body's trabecular core is what links its two lateral cortices.
+    """
+    z, y_post = st.to_zy(s, u_post)
+    _, y_ant = st.to_zy(s, u_post + 0.8 * (u_ant - u_post))
+    xc = float(st.x_at_s(s))
+    ya, yb = float(min(y_ant, y_post)), float(max(y_ant, y_post))
+    r, l = _lateral_runs(grid, float(z) - 3.0, float(z) + 3.0, 0.0, ya, yb, xc, 6.0, 150.0)
+    return r + l
+
+
+def rib_reach(grid: CoarseGrid, st: Straightened, bd: BodySpan) -> float:
+    """Lateral reach (mm, mean of both sides) of bone attached beside a body.
+
+    A rib runs from the costovertebral joint 70 mm or more laterally; lumbar transverse
+    processes stop at about 40-55 mm from the midline.
+    """
+    h = bd.s_sup - bd.s_inf
+    # the upper four fifths of the span: a rib leaves its vertebra at the upper body and pedicle
+    z_hi, yc = st.to_zy(bd.s_sup, 0.0)
+    z_lo, _ = st.to_zy(bd.s_inf + 0.2 * h, 0.0)
+    xc = float(st.x_at_s(bd.s_mid))
+    # from 20 mm in front of the canal to 50 mm behind it: the rib neck and the angle of the rib
+    r, l = _lateral_runs(grid, float(z_lo), float(z_hi), float(yc), -20.0, 50.0, xc, 6.0, 200.0)
+    return 0.5 * (r + l)
+
+
+@dataclass
+class LevelAnchors:
+    """What the labelling saw (for logs and tests)."""
+
+    sacral_index: int | None = None  # index (in the caudal->cranial body list) of L5
+    rib_index: int | None = None  # index of the last rib-bearing body (T12)
+    sacral_widths: list[float] = field(default_factory=list)
+    rib_reaches: list[float] = field(default_factory=list)
+    rib_head_excess: list[float] = field(default_factory=list)
+    agree: bool | None = None
+
+
+def label_levels(
+    grid: CoarseGrid,
+    st: Straightened,
+    bodies: list[BodySpan],
+    rib_mm: float = 62.0,
+    sacrum_mm: float = 110.0,
+    rib_head_mm: float = 6.5,
+) -> LevelAnchors:
+    """Name the bodies in place (``BodySpan.level``) from the sacrum and/or the last rib.
+
+    Parameters
+    ----------
+    grid, st, bodies
+        Outputs of :func:`coarse_grid`, :func:`straighten`, :func:`find_bodies`.
+    rib_mm
+        Lateral reach (see :func:`rib_reach`) above which a body is called rib-bearing.
+    rib_head_mm
+        Or: mean reach of bone beyond the body's margin at its back corner (see
+        :func:`rib_head_excess`) above which it is called rib-bearing (thoracic 7-14 mm,
+        lumbar -10 to +6 mm in the synthetic cohort).
+    sacrum_mm
+        Width of continuous bone above which a segment is called sacral.
+
+    Returns
+    -------
+    LevelAnchors
+    """
+    anchors = LevelAnchors()
+    if not bodies:
+        return anchors
+    # -- sacrum: the first segment below a disc that is as wide as the sacral alae
+    widths = [sacral_width(grid, st, bd.s_mid, bd.u_post, bd.u_ant) for bd in bodies]
+    anchors.sacral_widths = widths
+    below = bodies[0].s_inf - 0.5 * (bodies[0].s_sup - bodies[0].s_inf)
+    width_below = (
+        sacral_width(grid, st, max(below, float(st.s_mm[0])), bodies[0].u_post, bodies[0].u_ant)
+        if below >= st.s_mm[0] - 2.0
+        else 0.0
+    )
+    seq = [width_below] + widths
+    l5 = None
+    for i in range(1, len(seq)):
+        if seq[i - 1] >= sacrum_mm and seq[i] < sacrum_mm:
+            l5 = i - 1  # body index whose caudal neighbour is sacral
+    # a sacral-looking body above a lumbar-looking one is implausible: keep the lowest transition
+    for i in range(1, len(seq)):
+        if seq[i - 1] >= sacrum_mm and seq[i] < sacrum_mm:
+            l5 = i - 1
+            break
+    anchors.sacral_index = l5
+    # -- ribs: the topmost run of rib-bearing bodies ends at T12. A body bears a rib when bone
+    # runs far sideways at its level (a rib shaft attached in the image) or when bone continues
+    # beyond the body's margin at its posterolateral corner (rib head and neck at the
+    # costovertebral joint; seen even where the shaft is cut off or not attached)
+    reaches = [rib_reach(grid, st, bd) for bd in bodies]
+    anchors.rib_reaches = reaches
+    heads = [0.5 * (r + l) for r, l in rib_head_excess(st, bodies)]
+    anchors.rib_head_excess = heads
+    ribbed = [r >= rib_mm or e >= rib_head_mm for r, e in zip(reaches, heads)]
+    t12 = None
+    # the run must start at the topmost body: a chest whose upper bodies show no ribs (or a
+    # 12th rib that is not seen) would otherwise be counted from the wrong rib
+    top = len(bodies) - 1
+    if ribbed[top]:
+        t12 = top
+        while t12 - 1 >= 0 and ribbed[t12 - 1]:
+            t12 -= 1
+        if t12 == 0 and l5 is None:
+            # the run reaches the bottom of the view: cannot tell where the ribs stop
+            t12 = None
+    anchors.rib_index = t12
+    names: list[str | None] = [None] * len(bodies)
+    i_l5 = LEVELS.index("L5")
+    i_t12 = LEVELS.index("T12")
+    from_sacrum = from_ribs = None
+    if l5 is not None:
+        from_sacrum = [_name(i_l5 - (k - l5)) for k in range(len(bodies))]
+    if t12 is not None:
+        from_ribs = [_name(i_t12 - (k - t12)) for k in range(len(bodies))]
+    if from_sacrum and from_ribs:
+        anchors.agree = from_sacrum == from_ribs
+        if anchors.agree:
+            names = from_sacrum
+        else:
+            log.info("level anchors disagree (sacrum says body %s is L5, ribs say %s is T12)", l5, t12)
+    elif from_sacrum:
+        names = from_sacrum
+    elif from_ribs:
+        names = from_ribs
+    for bd, n in zip(bodies, names):
+        bd.level = n
+    return anchors
+
+
+def _name(i: int) -> str | None:
+    return LEVELS[i] if 0 <= i < len(LEVELS) else None
+
+
+def rib_head_excess(st: Straightened, bodies: list[BodySpan], bone_hu: float = 250.0) -> list[tuple[float, float]]:
+    """How far (mm, right and left) bone continues sideways beyond the body at its back corner.
+
+    A rib head articulates with the posterolateral corner of a thoracic body (costovertebral
+    joint) and its neck runs from there, just in front of or beside the pedicle, to the
+    transverse process: in an axial section through the upper body, bone continues from the
+    posterior wall well beyond the body's lateral margin. A lumbar body has nothing there (its
+    transverse processes leave the arch behind the canal's front edge). The body's own half
+    widths come from its middle third of depth; the reach at its back from a band 3 mm behind
+    to 4 mm in front of the posterior wall; both are bone runs from the midline projected over
+    the upper body (the rib neck sits above the mid-height).
+
+    All bodies are sampled in one call (:meth:`SpineSampler.sample_many`).
+
+    Parameters
+    ----------
+    st
+        The straightened image (with its sampler).
+    bodies
+        Body spans with their walls.
+    bone_hu
+        HU above which a sample is bone.
+
+    Returns
+    -------
+    list of (float, float)
+        Per body, the reach of bone at the back beyond the body's half width, right and left
+        (mm; negative when the back is narrower than the middle).
+    """
+    assert st.sampler is not None
+    xo = np.arange(-45.0, 45.0 + 1e-6, 1.0)
+    j0 = int(np.argmin(np.abs(xo)))
+    reqs = []
+    for bd in bodies:
+        h = bd.s_sup - bd.s_inf
+        depth = max(bd.u_ant - bd.u_post, 10.0)
+        s = np.arange(bd.s_mid - 0.1 * h, bd.s_sup + 1e-6, 1.0)
+        for ub in (np.arange(bd.u_post - 3.0, bd.u_post + 4.0 + 1e-6, 1.0),
+                   np.arange(bd.u_post + 0.33 * depth, bd.u_post + 0.67 * depth + 1e-6, 1.0)):
+            S, U, X = np.meshgrid(s, ub, xo, indexing="ij")
+            z, y = st.to_zy(S, U)
+            x = np.interp(S, st.s_mm, st.cx) + X
+            reqs.append((z, y, x, False))
+    vals = st.sampler.sample_many(reqs)
+
+    def reach(occ: np.ndarray, direction: int) -> float:
+        # a run from the midline across gaps of at most 2 mm
+        last = k = j0
+        miss = 0
+        while 0 <= k + direction < len(occ):
+            k += direction
+            if occ[k]:
+                last, miss = k, 0
+            else:
+                miss += 1
+                if miss > 2:
+                    break
+        return abs(float(xo[last]))
+
+    out = []
+    for i in range(len(bodies)):
+        back = vals[2 * i].max(axis=(0, 1)) > bone_hu
+        # the body's width at a lower threshold: real trabecular bone (150-250 HU) links the
+        # lateral cortices, so the run reaches the body's margins, not a gap in its core
+        mid = vals[2 * i + 1].max(axis=(0, 1)) > min(bone_hu, 150.0)
+        out.append((reach(back, -1) - reach(mid, -1), reach(back, 1) - reach(mid, 1)))
+    return out

@@ -1,0 +1,493 @@
+"""The screening engine with a small real model (grades bright bands by height).
+
+The fake model is a genuine ScreeningModel: it finds bright "bodies" stacked along z in the
+centre of the volume, measures each one's height and grades its loss against the median
+height with Genant's bands. The engine is tested on real DICOM files written with
+tests/dicomgen.py and decoded by fracture_qi.dicom.volume.load_series, in-process and with
+decode worker processes, against the database, and killed with SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from fracture_qi.dicom.geometry import CTVolume
+from fracture_qi.screening.engine import (
+    RunSummary,
+    SeriesJob,
+    run_screening,
+    screen_series,
+)
+from fracture_qi.screening.types import LEVELS, SeriesResult, VertebraResult
+from fracture_qi.store.db import connect, session_scope
+from fracture_qi.store.schema import (
+    Base,
+    Screening,
+    ScreeningRun,
+    Series,
+    Study,
+    VertebraFinding,
+)
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import dicomgen
+
+BODY_MM = 10
+GAP_MM = 4
+
+
+# --------------------------------------------------------------------------------------------
+# a small real model
+# --------------------------------------------------------------------------------------------
+class BandHeightModel:
+    """Grades bright bands (vertebral bodies) along z by their height loss.
+
+    Bodies are runs of slices whose centre patch is > 200 HU; each run's height is compared
+    with the median height; Genant bands (20/25/40 %) give the grade. Levels are counted
+    up from the lowest body as L5, L4, ... A volume with no body gives NO_VERTEBRAE.
+    """
+
+    model_id = "test-band-height"
+    model_version = "1.0"
+    sha256 = None
+    device = "cpu"
+
+    def __init__(self, flag_grade: int = 2, delay: float = 0.0, fail_on_study: str = "",
+                 keyimage: bool = True) -> None:
+        self.flag_grade = flag_grade
+        self.delay = delay
+        self.fail_on_study = fail_on_study
+        self.keyimage = keyimage
+        self.calls_many = 0
+
+    def screen(self, volume: CTVolume) -> SeriesResult:
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_on_study and volume.study_instance_uid == self.fail_on_study:
+            raise RuntimeError("planted model failure")
+        z, y, x = volume.hu.shape
+        patch = volume.hu[:, y // 3: 2 * y // 3, x // 3: 2 * x // 3]
+        bright = (patch > 200).mean(axis=(1, 2)) > 0.5
+        edges = np.flatnonzero(np.diff(np.r_[0, bright.astype(np.int8), 0]))
+        runs = list(zip(edges[::2], edges[1::2]))
+        if not runs:
+            return SeriesResult(status="error", reason="NO_VERTEBRAE", detail="no bright band")
+        heights = np.array([(b - a) * volume.spacing[0] for a, b in runs], dtype=float)
+        ref = float(np.median(heights))
+        names = list(reversed(LEVELS))  # L5 first (lowest)
+        verts = []
+        for i, h in enumerate(heights):
+            loss = round(1.0 - h / ref, 6)
+            grade = 3 if loss > 0.40 else 2 if loss > 0.25 else 1 if loss >= 0.20 else 0
+            verts.append(VertebraResult(
+                level=names[i] if i < len(names) else None, genant_grade=grade,
+                morph_type="crush" if grade else "normal", ha_mm=h, hm_mm=h, hp_mm=h,
+                score=float(max(0.0, loss)), geometry={"z_mm": [float(runs[i][0]), float(runs[i][1])]},
+            ))
+        max_grade = max(v.genant_grade for v in verts)
+        img = None
+        if self.keyimage:
+            img = np.zeros((z, y, 3), dtype=np.uint8)
+            img[..., 0] = np.clip(volume.hu[:, :, x // 2] / 8, 0, 255).astype(np.uint8)
+        return SeriesResult(status="ok", flagged=max_grade >= self.flag_grade,
+                            score=max(v.score or 0 for v in verts), max_grade=max_grade,
+                            vertebrae=verts, keyimage=img)
+
+    def screen_many(self, volumes: list[CTVolume]) -> list[SeriesResult]:
+        self.calls_many += 1
+        return [self.screen(v) for v in volumes]
+
+
+def spine_hu(n_bodies: int = 4, short: dict[int, float] | None = None, rows: int = 16,
+             cols: int = 16) -> np.ndarray:
+    """A (z, rows, cols) HU stack of bodies BODY_MM high (1 mm slices), some shortened."""
+    short = short or {}
+    heights = [round(BODY_MM * (1 - short.get(i, 0.0))) for i in range(n_bodies)]
+    nz = sum(heights) + GAP_MM * (n_bodies + 1)
+    hu = np.zeros((nz, rows, cols), dtype=np.int16)
+    z = GAP_MM
+    for h in heights:
+        hu[z: z + h, rows // 4: 3 * rows // 4, cols // 4: 3 * cols // 4] = 400
+        z += h + GAP_MM
+    return hu
+
+
+def write_series(folder: Path, hu: np.ndarray, study: str, **kw) -> list[str]:
+    paths = dicomgen.write_ct_series(folder, n=hu.shape[0], rows=hu.shape[1], cols=hu.shape[2],
+                                     spacing=1.0, hu=hu, StudyInstanceUID=study, **kw)
+    return [str(p) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> list[SeriesJob]:
+    """Six series: 3 normal, 1 grade 3, 1 grade 1, and one with a missing slice."""
+    root = tmp_path_factory.mktemp("engine-cohort")
+    specs = [({}, "normal0"), ({2: 0.5}, "g3"), ({}, "normal1"), ({1: 0.2}, "g1"),
+             ({}, "normal2"), ("gap", "gap")]
+    jobs = []
+    for i, (short, name) in enumerate(specs):
+        study = dicomgen.new_uid("engine-study", i)
+        hu = spine_hu(short=short if isinstance(short, dict) else None)
+        kw = {"drop": [20]} if short == "gap" else {}
+        paths = write_series(root / name, hu, study, **kw)
+        import pydicom
+        series_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+        jobs.append(SeriesJob(key=name, study_instance_uid=study, series_instance_uid=series_uid,
+                              paths=paths, path=str(root / name)))
+    return jobs
+
+
+def by_key(outcomes) -> dict:
+    return {o.job.key: o for o in outcomes}
+
+
+# --------------------------------------------------------------------------------------------
+# the engine core
+# --------------------------------------------------------------------------------------------
+def test_inline_grades_and_reasons(cohort: list[SeriesJob]) -> None:
+    out = by_key(screen_series(cohort, BandHeightModel(), workers=0))
+    assert set(out) == {j.key for j in cohort}
+    assert out["normal0"].result.status == "ok" and out["normal0"].result.max_grade == 0
+    assert not out["normal0"].result.flagged
+    g3 = out["g3"].result
+    assert g3.flagged and g3.max_grade == 3 and g3.n_vertebrae == 4
+    assert [v.level for v in g3.vertebrae] == ["L5", "L4", "L3", "L2"]
+    assert g3.vertebrae[2].genant_grade == 3 and g3.vertebrae[2].ha_mm == pytest.approx(5.0)
+    g1 = out["g1"].result
+    assert g1.max_grade == 1 and not g1.flagged  # flag threshold is grade 2
+    gap = out["gap"].result
+    assert gap.status == "error" and gap.reason == "SLICE_GAP"  # the loader's reason kept
+    assert all(o.result.seconds is not None for o in out.values())
+
+
+def test_workers_match_inline_and_batch(cohort: list[SeriesJob]) -> None:
+    inline = by_key(screen_series(cohort, BandHeightModel(), workers=0))
+    model = BandHeightModel()
+    pooled = list(screen_series(cohort, model, workers=2, batch_size=3))
+    assert len(pooled) == len(cohort)
+    for o in pooled:
+        a, b = o.result, inline[o.job.key].result
+        assert (a.status, a.reason, a.flagged, a.max_grade) == (b.status, b.reason, b.flagged,
+                                                                 b.max_grade)
+        assert [v.genant_grade for v in a.vertebrae] == [v.genant_grade for v in b.vertebrae]
+        if a.status == "ok":
+            assert o.worker_peak_rss_mb and o.worker_peak_rss_mb > 10
+            assert a.keyimage is not None and a.keyimage.shape[2] == 3
+    # no shared-memory block is left behind
+    leftovers = [p for p in Path("/dev/shm").glob("psm_*")] if Path("/dev/shm").is_dir() else []
+    assert not [p for p in leftovers if p.stat().st_uid == os.getuid()
+                and time.time() - p.stat().st_mtime < 60]
+
+
+def test_model_exception_does_not_stop_batch(cohort: list[SeriesJob]) -> None:
+    bad_study = cohort[2].study_instance_uid
+    model = BandHeightModel(fail_on_study=bad_study)
+    out = by_key(screen_series(cohort, model, workers=0, batch_size=2))
+    failed = out["normal1"].result
+    assert failed.status == "error" and failed.reason == "SCREEN_FAILED"
+    assert "planted model failure" in failed.detail
+    # the batch partner of the failing series still got its own result
+    assert sum(o.result.status == "ok" for o in out.values()) == 4
+    assert model.calls_many >= 1
+
+
+# --------------------------------------------------------------------------------------------
+# database mode
+# --------------------------------------------------------------------------------------------
+def make_db(url: str, jobs: list[SeriesJob]) -> list[SeriesJob]:
+    """Create the schema and one study/series row per job; return jobs with series ids."""
+    engine = connect(url)
+    Base.metadata.create_all(engine)
+    out = []
+    with session_scope(engine) as s:
+        for j in jobs:
+            st = Study(study_instance_uid=j.study_instance_uid, eligible=True)
+            s.add(st)
+            s.flush()
+            se = Series(series_instance_uid=j.series_instance_uid, study_id=st.id, path=j.path,
+                        modality="CT", status="ok", chosen=True, n_instances=len(j.paths))
+            s.add(se)
+            s.flush()
+            out.append(SeriesJob(key=se.id, series_id=se.id,
+                                 study_instance_uid=j.study_instance_uid,
+                                 series_instance_uid=j.series_instance_uid, paths=j.paths,
+                                 path=j.path))
+    engine.dispose()
+    return out
+
+
+class _Manifest:
+    """The attributes run_screening reads from a manifest."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.model = {"kind": "reference"}
+        self.screening = {"flag_grade": 2}
+        self.outputs = {"keyimages": "keyimages/"}
+
+
+def test_database_rows_run_and_keyimages(tmp_path: Path, cohort: list[SeriesJob]) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = make_db(url, cohort)
+    engine = connect(url)
+    summary = run_screening(_Manifest(tmp_path), engine, model=BandHeightModel(), workers=0,
+                            progress=False, jobs=jobs)
+    assert isinstance(summary, RunSummary)
+    assert (summary.n_ok, summary.n_error, summary.n_flagged) == (5, 1, 1)
+    assert summary.reasons == {"SLICE_GAP": 1}
+    with session_scope(engine) as s:
+        run = s.scalars(select(ScreeningRun)).one()
+        assert (run.status, run.n_ok, run.n_error) == ("finished", 5, 1)
+        assert run.model_id == "test-band-height" and run.host and run.code_version
+        assert run.params["n_planned"] == 6
+        rows = s.scalars(select(Screening)).all()
+        assert len(rows) == 6
+        g3 = next(r for r in rows if r.max_grade == 3)
+        assert g3.flagged and g3.n_vertebrae == 4 and g3.run_id == run.id
+        assert len(g3.findings) == 4 and g3.findings[2].genant_grade == 3
+        assert g3.findings[0].geometry == {"z_mm": [4.0, 14.0]}
+        assert g3.keyimage_path and Path(g3.keyimage_path).is_file()
+        assert Path(g3.keyimage_path).parent == tmp_path / "keyimages"
+        assert Path(g3.keyimage_path).name == f"screening-{g3.id:08d}.png"
+        gap = next(r for r in rows if r.status == "error")
+        assert gap.reason == "SLICE_GAP" and gap.keyimage_path is None
+    # a second run with the same jobs writes nothing new
+    again = run_screening(_Manifest(tmp_path), engine, model=BandHeightModel(), workers=0,
+                          progress=False, jobs=jobs)
+    assert again.n_skipped == 6 and again.n_ok == 0
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count(Screening.id))) == 6
+    engine.dispose()
+
+
+def _alive(pids: list[int]) -> list[int]:
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import importlib.util, json, sys
+    spec = importlib.util.spec_from_file_location("engine_test_mod", sys.argv[1])
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    from fracture_qi.screening.engine import SeriesJob, run_screening
+    from fracture_qi.store.db import connect
+    from pathlib import Path
+    jobs = [SeriesJob(**j) for j in json.loads(Path(sys.argv[3]).read_text())]
+    run_screening(mod._Manifest(Path(sys.argv[4])), connect(sys.argv[2]),
+                  model=mod.BandHeightModel(delay=0.4), workers=1, progress=False, jobs=jobs)
+""")
+
+
+def test_killed_run_resumes_without_duplicates(tmp_path: Path, cohort: list[SeriesJob]) -> None:
+    import json
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = make_db(url, cohort * 1)
+    # more work than the kill leaves time for: the same series files under 12 series rows
+    more = []
+    for k in range(6):
+        more += [SeriesJob(key=f"x{k}-{j.key}", study_instance_uid=f"{j.study_instance_uid}.{k}",
+                           series_instance_uid=f"{j.series_instance_uid}.{k}", paths=j.paths,
+                           path=j.path) for j in cohort[:2]]
+    jobs += make_db(url, more)
+    jobs_file = tmp_path / "jobs.json"
+    jobs_file.write_text(json.dumps([j.__dict__ for j in jobs]))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, __file__, url, str(jobs_file),
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    engine = connect(url)
+    deadline = time.time() + 120
+    done = 0
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            with session_scope(engine) as s:
+                done = s.scalar(select(func.count(Screening.id))) or 0
+            if done >= 3:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        import psutil
+
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        assert children  # the decode worker (and multiprocessing's resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    # the killed run's decode worker does not outlive it (it would hold memory forever)
+    deadline = time.time() + 20
+    while time.time() < deadline and _alive(children):
+        time.sleep(0.2)
+    assert not _alive(children)
+    with session_scope(engine) as s:
+        done = s.scalar(select(func.count(Screening.id)))
+        assert 3 <= done < len(jobs)
+        killed_run = s.scalars(select(ScreeningRun)).one()
+        assert killed_run.status == "running" and killed_run.n_ok + killed_run.n_error == done
+    # rerun everything: what was done is skipped, the rest is screened, nothing twice
+    summary = run_screening(_Manifest(tmp_path), engine, model=BandHeightModel(), workers=2,
+                            progress=False, jobs=jobs)
+    assert summary.n_skipped == done
+    assert summary.n_ok + summary.n_error == len(jobs) - done
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.count(Screening.id))) == len(jobs)
+        assert s.scalar(select(func.count(func.distinct(Screening.series_id)))) == len(jobs)
+        n_find = s.scalar(select(func.count(VertebraFinding.id)))
+        assert n_find == sum(r.n_vertebrae for r in s.scalars(select(Screening)))
+    engine.dispose()
+
+
+POISON_LOADER = textwrap.dedent("""
+    import os
+    from fracture_qi.screening.engine import load_job
+
+    def loader(job):
+        if str(job.key).startswith("poison"):
+            os._exit(137)  # as the kernel's OOM killer would end it
+        return load_job(job)
+""")
+
+
+def test_dead_worker_is_isolated_and_batch_goes_on(tmp_path: Path, cohort: list[SeriesJob],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # the loader must be importable by the spawned workers: a module on sys.path
+    (tmp_path / "poison_loader.py").write_text(POISON_LOADER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import poison_loader  # type: ignore[import-not-found]
+
+    poison = SeriesJob(key="poison", study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
+                       paths=cohort[0].paths)
+    jobs = [cohort[0], poison, cohort[1], cohort[2]]
+    out = by_key(screen_series(jobs, BandHeightModel(), workers=2, loader=poison_loader.loader))
+    assert set(out) == {"poison", "normal0", "g3", "normal1"}
+    assert out["poison"].result.reason == "DECODE_FAILED"
+    assert "died" in out["poison"].result.detail
+    assert all(out[k].result.status == "ok" for k in ("normal0", "g3", "normal1"))
+
+
+# --------------------------------------------------------------------------------------------
+# the reference screener through the engine, on a small synthetic cohort written as DICOM
+# --------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_reference_screener_through_engine_and_database(tmp_path: Path) -> None:
+    phantom = pytest.importorskip("fracture_qi.synth.phantom")
+    from fracture_qi.dicom.volume import load_series
+    from fracture_qi.screening.models import load_model
+
+    jobs = []
+    for i, fractures in enumerate([[("L1", "wedge", 3)], []]):
+        rng = np.random.default_rng(40 + i)
+        spec = phantom.random_patient_spec(rng, age=78, sex="F", fractures=fractures)
+        vol, _ = phantom.make_spine_volume(spec, fov="abdomen_pelvis", shape=(150, 160, 160),
+                                           spacing=(2.5, 1.8, 1.8), rng=rng, noise_sd=15)
+        study = dicomgen.new_uid("ref-study", i)
+        paths = dicomgen.write_ct_series(
+            tmp_path / f"p{i}", n=vol.hu.shape[0], rows=160, cols=160, spacing=2.5,
+            hu=vol.hu, StudyInstanceUID=study, PixelSpacing=[1.8, 1.8], SliceThickness="2.5")
+        import pydicom
+
+        series = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)
+        jobs.append(SeriesJob(key=f"p{i}", study_instance_uid=study, series_instance_uid=series,
+                              paths=[str(p) for p in paths], path=str(tmp_path / f"p{i}")))
+    model = load_model("reference", device="cpu")
+    assert model.model_id == "fqi-reference" and model.spec.kind == "reference"
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    db_jobs = make_db(url, jobs)
+    engine = connect(url)
+    summary = run_screening(_Manifest(tmp_path), engine, model=model, workers=2, progress=False,
+                            jobs=db_jobs)
+    assert summary.n_ok + summary.n_error == 2 and summary.device == "cpu"
+    with session_scope(engine) as s:
+        rows = {r.series_id: r for r in s.scalars(select(Screening))}
+        for job in db_jobs:
+            direct = model.screen(load_series(job.paths))  # same files, no engine
+            row = rows[job.series_id]
+            assert (row.status, row.reason, row.flagged, row.max_grade, row.n_vertebrae) == (
+                direct.status, direct.reason, direct.flagged, direct.max_grade,
+                direct.n_vertebrae)
+            assert [(f.level, f.genant_grade, f.morph_type) for f in row.findings] == [
+                (v.level, v.genant_grade, v.morph_type) for v in direct.vertebrae]
+            if row.status == "ok":
+                assert row.findings[0].geometry and "centre_zyx_mm" in row.findings[0].geometry
+                from PIL import Image
+
+                png = np.asarray(Image.open(row.keyimage_path).convert("RGB"))
+                assert png.shape == direct.keyimage.shape
+                assert np.array_equal(png, direct.keyimage)
+        run = s.scalars(select(ScreeningRun)).one()
+        assert run.model_id == "fqi-reference" and run.device == "cpu"
+        assert run.params["model_kind"] == "reference"
+    engine.dispose()
+
+
+SLOW_LOADER = textwrap.dedent("""
+    import time
+    from fracture_qi.screening.engine import load_job
+
+    def loader(job):
+        if str(job.key).startswith("stuck"):
+            time.sleep(120)  # a decoder that never comes back
+        return load_job(job)
+""")
+
+
+def test_decode_timeout_is_enforced_and_batch_goes_on(tmp_path: Path, cohort: list[SeriesJob],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "slow_loader.py").write_text(SLOW_LOADER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slow_loader  # type: ignore[import-not-found]
+
+    stuck = SeriesJob(key="stuck", study_instance_uid="1.2.3", series_instance_uid="1.2.3.9",
+                      paths=cohort[0].paths)
+    jobs = [cohort[0], stuck, cohort[1], cohort[2]]
+    t0 = time.perf_counter()
+    out = by_key(screen_series(jobs, BandHeightModel(), workers=2, loader=slow_loader.loader,
+                               timeout_s=3.0))
+    elapsed = time.perf_counter() - t0
+    assert set(out) == {"stuck", "normal0", "g3", "normal1"}
+    assert out["stuck"].result.status == "error"
+    assert out["stuck"].result.reason == "TIMEOUT"
+    assert "timeout_s" in out["stuck"].result.detail
+    assert out["stuck"].decode_seconds is not None and out["stuck"].decode_seconds >= 3.0
+    assert all(out[k].result.status == "ok" for k in ("normal0", "g3", "normal1"))
+    assert elapsed < 60  # nobody waited for the 120 s sleep
+
+
+def test_timeout_from_manifest_reaches_the_pool(tmp_path: Path, cohort: list[SeriesJob],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from fracture_qi.screening import engine as engine_mod
+
+    seen: dict[str, object] = {}
+
+    def spy(jobs, model, **kw):
+        seen.update(kw)
+        return iter(())
+
+    monkeypatch.setattr(engine_mod, "screen_series", spy)
+    manifest = _Manifest(tmp_path)
+    manifest.screening = {"timeout_s": 7.5}
+    db = connect(f"sqlite:///{tmp_path / 'fqi.db'}")
+    Base.metadata.create_all(db)
+    run_screening(manifest, db, model=BandHeightModel(), workers=1, progress=False,
+                  jobs=cohort[:1])
+    assert seen["timeout_s"] == 7.5
+    run_screening(manifest, db, model=BandHeightModel(), workers=1, progress=False,
+                  jobs=cohort[:1], timeout_s=2.0)
+    assert seen["timeout_s"] == 2.0

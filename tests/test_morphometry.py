@@ -1,0 +1,90 @@
+"""Genant grading of measured bodies (no images needed: measurements are built by hand)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fracture_qi.screening.morphometry import (
+    NORMAL_HA_HP,
+    NORMAL_HP,
+    BodyMeasurement,
+    deformity_score,
+    grade_bodies,
+    grade_from_reduction,
+)
+
+LUMBAR = ["T11", "T12", "L1", "L2", "L3"]
+
+
+def _normal(level: str, scale: float = 1.0) -> BodyMeasurement:
+    hp = NORMAL_HP[level] * scale
+    return BodyMeasurement(level=level, partial=False, ha=hp * NORMAL_HA_HP[level], hm=hp * 0.88, hp=hp)
+
+
+def _column(levels: list[str]) -> list[BodyMeasurement]:
+    # caudal to cranial, as the screener orders them
+    return [_normal(lv) for lv in reversed(levels)]
+
+
+@pytest.mark.parametrize("red,grade", [(0.0, 0), (0.19, 0), (0.21, 1), (0.26, 2), (0.39, 2), (0.41, 3)])
+def test_grade_cutoffs(red: float, grade: int) -> None:
+    assert grade_from_reduction(red) == grade
+
+
+def test_score_is_monotone() -> None:
+    scores = [deformity_score(r) for r in (0.0, 0.1, 0.2, 0.3, 0.5)]
+    assert scores == sorted(scores) and scores[0] < 0.01 and scores[-1] > 0.99
+
+
+def test_normal_column_is_grade_0() -> None:
+    out = grade_bodies(_column(["T6", "T7", "T8", "T9", "T10"] + LUMBAR + ["L4", "L5"]))
+    assert all(d is not None and d.grade == 0 for d in out)
+
+
+def test_physiological_midthoracic_wedge_not_flagged() -> None:
+    # T7 at Ha/Hp 0.80 is ~1 SD below its level's normal 0.87: not a fracture
+    meas = _column(["T5", "T6", "T7", "T8", "T9"])
+    t7 = next(m for m in meas if m.level == "T7")
+    t7.ha = t7.hp * 0.80  # type: ignore[operator]
+    d = grade_bodies(meas)[meas.index(t7)]
+    assert d is not None and d.grade == 0
+
+
+def test_l5_is_not_graded_by_its_wedge_ratio_but_by_crush() -> None:
+    meas = _column(["L3", "L4", "L5"])
+    l5 = meas[0]
+    assert l5.level == "L5"
+    d = grade_bodies(meas)[0]
+    assert d is not None and d.grade == 0
+    l5.ha = l5.hp * 0.8  # a "forward wedge" L5: within its wide normal range, not graded
+    d = grade_bodies(meas)[0]
+    assert d is not None and d.grade == 0
+    l5.ha, l5.hm, l5.hp = (h * 0.62 for h in (l5.hp * 1.15, l5.hp * 0.88, l5.hp))  # crushed
+    d = grade_bodies(meas)[0]
+    assert d is not None and d.grade == 2 and d.morph_type == "crush"
+
+
+@pytest.mark.parametrize(
+    "kind,loss,grade",
+    [("wedge", 0.22, 1), ("wedge", 0.32, 2), ("biconcave", 0.30, 2), ("crush", 0.45, 3), ("crush", 0.30, 2)],
+)
+def test_planted_deformities(kind: str, loss: float, grade: int) -> None:
+    meas = _column(LUMBAR)
+    m = next(x for x in meas if x.level == "L1")
+    if kind == "wedge":
+        m.ha = m.ha * (1 - loss)  # type: ignore[operator]
+    elif kind == "biconcave":
+        m.hm = m.hm * (1 - loss)  # type: ignore[operator]
+    else:  # the whole body lower than its neighbours
+        m.ha, m.hm, m.hp = (h * (1 - loss) for h in (m.ha, m.hm, m.hp))  # type: ignore[operator]
+    d = grade_bodies(meas)[meas.index(m)]
+    assert d is not None
+    assert d.grade == grade and d.morph_type == kind
+    # neighbours stay normal even though a crushed body sits next to them
+    assert all(x is not None and x.grade == 0 for i, x in enumerate(grade_bodies(meas)) if meas[i] is not m)
+
+
+def test_partial_bodies_are_not_graded() -> None:
+    meas = _column(LUMBAR)
+    meas[0] = BodyMeasurement(level="L3", partial=True)
+    assert grade_bodies(meas)[0] is None

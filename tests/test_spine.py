@@ -1,0 +1,84 @@
+"""Spine localisation, reformat, body detection and the reference screener on small phantoms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fracture_qi.dicom.geometry import CTVolume
+from fracture_qi.errors import ScreeningError
+from fracture_qi.screening import spine
+from fracture_qi.screening.device import pick_device
+from fracture_qi.screening.reference import ReferenceScreener
+
+CPU = torch.device("cpu")
+
+
+def test_pick_device_cpu_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pick_device("cpu").type == "cpu"
+    monkeypatch.setenv("FRACTURE_QI_DEVICE", "cpu")
+    assert pick_device("auto").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ScreeningError, match="CUDA"):
+            pick_device("cuda")
+
+
+def test_no_spine_is_an_error_result_not_an_exception() -> None:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 15, size=(40, 64, 64)).astype(np.int16)  # a block of soft tissue
+    res = ReferenceScreener(device="cpu").screen(CTVolume(hu=hu, spacing=(3.0, 2.0, 2.0)))
+    assert res.status == "error" and res.reason == "NO_VERTEBRAE" and res.detail
+    tiny = CTVolume(hu=np.zeros((2, 8, 8), np.int16), spacing=(1.0, 1.0, 1.0))
+    assert ReferenceScreener(device="cpu").screen(tiny).status == "error"
+
+
+@pytest.fixture(scope="module")
+def lumbar_phantom():  # type: ignore[no-untyped-def]
+    phantom = pytest.importorskip("fracture_qi.synth.phantom")
+    rng = np.random.default_rng(11)
+    spec = phantom.random_patient_spec(rng, age=74, sex="F", fractures=[("L1", "wedge", 2)])
+    vol, truth = phantom.make_spine_volume(
+        spec, fov="abdomen_pelvis", shape=(150, 160, 160), spacing=(2.5, 1.8, 1.8), rng=rng, noise_sd=15
+    )
+    return vol, truth
+
+
+def test_canal_and_reformat_follow_the_spine(lumbar_phantom) -> None:  # type: ignore[no-untyped-def]
+    vol, truth = lumbar_phantom
+    path = spine.locate_canal(vol, CPU)
+    assert path is not None and path.length_mm > 150
+    # the canal lies posterior of every body centre, within ~10-40 mm, and near its x
+    for _, row in truth[truth.fully_in_view].iterrows():
+        z = row.centre_z_mm - vol.origin[2]
+        y = row.centre_y_mm - vol.origin[1]
+        x = row.centre_x_mm - vol.origin[0]
+        if path.z_mm[0] <= z <= path.z_mm[-1]:
+            assert 8.0 < path.y_at(z) - y < 45.0, row.level
+            assert abs(path.x_at(z) - x) < 8.0, row.level
+    ref = spine.sagittal_reformat(vol, path, CPU)
+    assert ref.image.shape == (len(ref.z_mm), len(ref.y_mm)) and ref.image.dtype == np.float32
+
+
+
+def test_screener_finds_the_planted_wedge(lumbar_phantom) -> None:  # type: ignore[no-untyped-def]
+    vol, truth = lumbar_phantom
+    res = ReferenceScreener(device="cpu").screen(vol)
+    assert res.status == "ok", res.detail
+    assert res.keyimage is not None and res.keyimage.dtype == np.uint8 and res.keyimage.shape[2] == 3
+    l1 = truth.set_index("level").loc["L1"]
+    z_l1 = l1.centre_z_mm - vol.origin[2]
+    near = [v for v in res.vertebrae if v.geometry and abs(v.geometry["centre_zyx_mm"][0] - z_l1) < 12.0]
+    assert near, "no body found at L1"
+    v = near[0]
+    assert abs(v.genant_grade - 2) <= 1 and v.genant_grade >= 1
+    assert res.flagged == (res.max_grade >= 2)
+    # heights of the unfractured lumbar bodies: median error within 2.5 mm
+    errs = []
+    for lv in ("L2", "L3", "L4"):
+        t = truth.set_index("level").loc[lv]
+        z = t.centre_z_mm - vol.origin[2]
+        m = [x for x in res.vertebrae if x.ha_mm and abs(x.geometry["centre_zyx_mm"][0] - z) < 12.0]
+        if m:
+            errs += [abs(m[0].ha_mm - t.ha_mm), abs(m[0].hp_mm - t.hp_mm)]
+    assert len(errs) >= 4 and float(np.median(errs)) < 2.5

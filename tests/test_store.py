@@ -1,0 +1,176 @@
+"""Store: Alembic migrations on SQLite and a real PostgreSQL, schema == migrations,
+the append-only guard on adjudication_events, SQLite safety settings, revision checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import uuid
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+
+from fracture_qi.errors import StoreError
+from fracture_qi.store import (
+    current_revision,
+    head_revision,
+    open_store,
+    schema_differences,
+    session_scope,
+)
+from fracture_qi.store import schema as S
+from fracture_qi.store.init import upgrade
+
+pytest_plugins = ["tests.services.postgres"]  # postgres_server, postgres_url, fresh_postgres_url
+
+
+def _event_rows(engine: sa.Engine) -> int:
+    """Insert a study and one adjudication event; return the event id."""
+    with session_scope(engine) as s:
+        study = S.Study(study_instance_uid=f"1.2.3.{uuid.uuid4().int % 10**9}")
+        s.add(study)
+        s.flush()
+        ev = S.AdjudicationEvent(
+            event_uid=str(uuid.uuid4()), study_id=study.id, reviewer="nurse1",
+            app_version="0.1", decision="confirmed", levels=[{"level": "L1", "grade": 2}],
+        )
+        s.add(ev)
+        s.flush()
+        return ev.id
+
+
+def _assert_append_only(engine: sa.Engine) -> None:
+    ev_id = _event_rows(engine)
+    for stmt in (
+        sa.update(S.AdjudicationEvent).where(S.AdjudicationEvent.id == ev_id).values(note="edited"),
+        sa.delete(S.AdjudicationEvent).where(S.AdjudicationEvent.id == ev_id),
+    ):
+        with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+            conn.execute(stmt)
+    with engine.connect() as conn:  # still there, unchanged
+        row = conn.execute(sa.select(S.AdjudicationEvent.note).where(S.AdjudicationEvent.id == ev_id)).one()
+        assert row.note is None
+    # inserting (a correction that supersedes) is allowed
+    with session_scope(engine) as s:
+        first = s.get(S.AdjudicationEvent, ev_id)
+        s.add(S.AdjudicationEvent(
+            event_uid=str(uuid.uuid4()), study_id=first.study_id, reviewer="nurse1",
+            app_version="0.1", decision="no_fracture", supersedes_id=ev_id,
+        ))
+
+
+def test_sqlite_fresh_file_migrates_and_matches_schema(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 'fqi.db'}")
+    assert current_revision(engine) == head_revision()
+    assert schema_differences(engine) == []
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 1000
+    # idempotent: a second open does nothing and keeps data
+    _event_rows(engine)
+    engine2 = open_store(f"sqlite:///{tmp_path / 'fqi.db'}")
+    with engine2.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(S.AdjudicationEvent)).scalar() == 1
+
+
+def test_sqlite_append_only(tmp_path):
+    _assert_append_only(open_store(f"sqlite:///{tmp_path / 'a.db'}"))
+
+
+def test_relative_sqlite_url_is_relative_to_base(tmp_path):
+    engine = open_store("sqlite:///sub/rel.db", base=tmp_path)
+    assert (tmp_path / "sub" / "rel.db").is_file()
+    engine.dispose()
+
+
+def test_refuses_database_from_newer_code(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    engine = open_store(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999_future'"))
+    with pytest.raises(StoreError, match="9999_future.*newer version"):
+        open_store(url)
+    with pytest.raises(StoreError, match="unknown"):
+        open_store(url, migrate=False)
+
+
+def _race(url: str, n: int = 2) -> list[tuple[int, str]]:
+    """Start *n* processes that open (and migrate) the same database at the same moment."""
+    code = "import sys; from fracture_qi.store import open_store; open_store(sys.argv[1])"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    return [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in procs]
+
+
+def test_two_processes_racing_to_migrate(tmp_path):
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    results = _race(url)
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert current_revision(open_store(url, migrate=False)) == head_revision()
+
+
+@pytest.mark.postgres
+def test_postgres_migrates_matches_schema_and_is_append_only(fresh_postgres_url):
+    engine = open_store(fresh_postgres_url)
+    assert engine.dialect.name == "postgresql"
+    assert current_revision(engine) == head_revision()
+    assert schema_differences(engine) == []
+    assert upgrade(engine) == head_revision()  # idempotent
+    _assert_append_only(engine)
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE adjudication_events CASCADE"))
+    # the partial unique index: one first read per study and read number
+    with session_scope(engine) as s:
+        study_id = s.scalars(sa.select(S.Study.id)).first()
+    with pytest.raises(DBAPIError), session_scope(engine) as s:
+        s.add(S.AdjudicationEvent(event_uid=str(uuid.uuid4()), study_id=study_id,
+                                  reviewer="nurse2", app_version="0.1", decision="confirmed"))
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_concurrent_open_is_safe(fresh_postgres_url):
+    results = _race(fresh_postgres_url)
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert current_revision(open_store(fresh_postgres_url, migrate=False)) == head_revision()
+
+
+@pytest.mark.postgres
+def test_postgres_downgrade_and_upgrade_round_trip(fresh_postgres_url):
+    from alembic import command
+
+    from fracture_qi.store.init import alembic_config
+
+    engine = open_store(fresh_postgres_url)
+    with engine.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert current_revision(engine) is None
+    assert upgrade(engine) == head_revision()
+    assert schema_differences(engine) == []
+    engine.dispose()
+
+
+def test_timestamps_round_trip(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 't.db'}")
+    with session_scope(engine) as s:
+        s.add(S.AuditRun(name="x", out_dir="/tmp/x"))
+    with session_scope(engine) as s:
+        run = s.scalars(sa.select(S.AuditRun)).one()
+        assert isinstance(run.started_at, dt.datetime)
+
+
+def test_postgres_fixture_explains_missing_binaries(monkeypatch):
+    from tests.services import postgres as pg
+
+    monkeypatch.delenv("FRACTURE_QI_PG_BIN", raising=False)
+    monkeypatch.setattr(pg.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(pg.shutil, "which", lambda name: None)
+    with pytest.raises(pg.PostgresUnavailable, match="make system-deps"):
+        pg.find_bin_dir()
