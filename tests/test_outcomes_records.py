@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from fracture_qi.errors import ValidationError
 from fracture_qi.outcomes.linkage import import_fls_records
-from fracture_qi.outcomes.records import read_fls_export, validate_records
+from fracture_qi.outcomes.records import FLS_SCHEMA, read_fls_export, validate_records
 from fracture_qi.pseudonym import patient_key
 from fracture_qi.store.db import connect, session_scope
 from fracture_qi.store.schema import Base, FlsEpisode, Patient, Study
@@ -19,25 +19,7 @@ SECRET = b"test-secret-0123456789abcdef"
 TODAY = dt.date(2026, 1, 31)
 NHS_A, NHS_B, NHS_C = "9990000018", "9990000026", "9990000034"
 
-COLUMNS = [
-    "record_id",
-    "nhs_number",
-    "mrn",
-    "accession_number",
-    "reported_by_radiology",
-    "known_to_fls_before",
-    "on_therapy_before",
-    "referral_date",
-    "fls_assessment_date",
-    "dxa_date",
-    "dxa_t_score",
-    "therapy_recommended",
-    "therapy_recommended_date",
-    "drug",
-    "therapy_start_date",
-    "adherent_52w",
-    "death_date",
-]
+COLUMNS = [f.name for f in FLS_SCHEMA]
 
 
 def rec(**kw: str) -> dict[str, str]:

@@ -22,27 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fracture_qi.outcomes.records import FLS_SCHEMA
 from fracture_qi.synth import priors
 
-FLS_COLUMNS: tuple[str, ...] = (
-    "record_id",
-    "nhs_number",
-    "mrn",
-    "accession_number",
-    "reported_by_radiology",
-    "known_to_fls_before",
-    "on_therapy_before",
-    "referral_date",
-    "fls_assessment_date",
-    "dxa_date",
-    "dxa_t_score",
-    "therapy_recommended",
-    "therapy_recommended_date",
-    "drug",
-    "therapy_start_date",
-    "adherent_52w",
-    "death_date",
-)
+#: the export columns, in the order of the declared FLS schema the importer validates against
+FLS_COLUMNS: tuple[str, ...] = tuple(f.name for f in FLS_SCHEMA)
 PROBLEM_COLUMNS: tuple[str, ...] = ("record_id", "nhs_number", "problem", "field", "detail")
 
 
