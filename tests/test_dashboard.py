@@ -197,3 +197,71 @@ def test_cli_refuses_unsafe_bind_and_bad_date(site, capsys) -> None:  # type: ig
     assert "token" in capsys.readouterr().err
     assert main(["dashboard", "--manifest", str(manifest), "--change-date", "April"]) == 2
     assert "--change-date 'April' is not a date" in capsys.readouterr().err
+
+
+# --- first paint without statsmodels/scipy (issue 6: first render <= 5 s) -------------------
+
+def test_wilson_equals_the_package_interval() -> None:
+    from fracture_qi.qi.proportions import wilson_interval
+
+    for n in (1, 2, 5, 8, 10, 37, 49, 50, 100, 1000, 123457):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            if 0 <= k <= n:
+                assert V.wilson(k, n) == pytest.approx(wilson_interval(k, n), abs=1e-14), (k, n)
+    for k, n in ((2.5, 7.25), (0.0, 3.5)):  # weighted / effective-n counts too
+        assert V.wilson(k, n) == pytest.approx(wilson_interval(k, n), abs=1e-14)
+    assert all(np.isnan(V.wilson(0, 0)))
+    with pytest.raises(ValueError, match="successes"):
+        V.wilson(5, 4)
+
+
+@pytest.mark.parametrize("mode", ["publish", "internal"])
+def test_ppv_text_equals_accuracy_table(mode) -> None:  # type: ignore[no-untyped-def]
+    from fracture_qi.qi.proportions import proportion
+    from fracture_qi.qi.report import accuracy_table
+
+    for k, n in ((0, 0), (0, 9), (3, 40), (40, 45), (40, 49), (45, 49), (13, 41), (8, 8),
+                 (0, 100), (100, 100), (977, 1203), (61234, 70001)):
+        row = {**proportion(k, n).to_dict(), "measure": "ppv", "n_numerator": k,
+               "n_denominator": n, "definition": ""}
+        shown = accuracy_table(pd.DataFrame([row]), mode=mode).iloc[0]
+        expected = " ".join(x for x in (shown["Estimate"],
+                                        f"({shown['95% CI']})" if shown["95% CI"] else "") if x)
+        assert V.ppv_text(k, n, mode) == expected, (k, n, mode)
+
+
+def test_first_paint_imports_no_statsmodels_or_scipy(site) -> None:  # type: ignore[no-untyped-def]
+    """A fresh interpreter opens the dashboard and builds the page without statsmodels,
+    scipy or lifelines (0.5 s of CPU, seconds on a loaded machine): they load only for the
+    audit report's measures, never for the dashboard's first paint."""
+    import json
+    import subprocess
+    import sys
+
+    manifest, _ = site
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from fracture_qi.dashboards.app import QIDashboard\n"
+        "d = QIDashboard.from_manifest(sys.argv[1])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    d.build()\n"
+        "    d._w['site'].value = d.cube.options['site'][0]\n"
+        "print(json.dumps({'tiles': d.last_view.tiles, 'heavy': sorted(m for m in sys.modules\n"
+        "    if m.split('.')[0] in ('statsmodels', 'scipy', 'lifelines'))}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(manifest)], capture_output=True,
+                         text=True, check=True, timeout=300)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == []
+    assert got["tiles"]["screened"] not in ("", None)
+
+
+def test_kappa_equals_qi_agreement() -> None:
+    from fracture_qi.qi.agreement import kappa
+
+    for tp, fp, fn, tn in ((40, 9, 3, 120), (10, 0, 0, 10), (5, 5, 5, 5), (0, 12, 7, 30),
+                           (321, 44, 17, 2011)):
+        ai = [1] * (tp + fp) + [0] * (fn + tn)
+        nurse = [1] * tp + [0] * fp + [1] * fn + [0] * tn
+        want = kappa(ai, nurse, categories=[0, 1]).kappa
+        assert V._kappa(tp, fp, fn, tn) == pytest.approx(want, abs=1e-12), (tp, fp, fn, tn)

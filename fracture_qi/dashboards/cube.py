@@ -360,9 +360,12 @@ def cube_from_engine(engine: Engine, *, cache_dir: str | Path | None = None,
                 meta = json.loads(str(z["meta"]))
                 cutoff = meta["cutoff"]
                 default = meta.get("default_model", UNKNOWN)
-                cells = pd.DataFrame({d: z[f"dim_{d}"].astype(str) for d in DIMENSIONS})
-                for j, m in enumerate(MEASURES):
-                    cells[m] = z["values"][:, j]
+                # each z[...] access decompresses the member again: read every array once
+                values = z["values"]
+                cells = pd.DataFrame({
+                    **{d: z[f"dim_{d}"].astype(str) for d in DIMENSIONS},
+                    **{m: values[:, j] for j, m in enumerate(MEASURES)},
+                })
                 cube = Cube(cells, z["events"], z["censored"], cutoff=cutoff,
                             default_model=default,
                             fingerprint=fp, seconds=time.perf_counter() - t0)

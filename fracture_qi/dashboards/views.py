@@ -19,8 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fracture_qi.dashboards.cube import Cube
-from fracture_qi.qi.proportions import wilson_interval
+from fracture_qi.dashboards.cube import Z95, Cube
 from fracture_qi.qi.suppression import (
     HIDDEN,
     MIN_FOR_STATISTIC,
@@ -83,8 +82,53 @@ def rate(num: float, den: float, mode: Mode) -> tuple[float | None, float | None
     if a is None or b is None or not b:
         return (None, None, None)
     a = min(a, b)  # rounding can push a numerator past its denominator
-    lo, hi = wilson_interval(a, b)
+    lo, hi = wilson(a, b)
     return (a / b, lo, hi)
+
+
+def wilson(successes: float, n: float) -> tuple[float, float]:
+    """The 95 % Wilson score interval, as :func:`fracture_qi.qi.proportions.wilson_interval`.
+
+    The same arithmetic as statsmodels' ``proportion_confint(method="wilson")`` (which
+    ``wilson_interval`` calls) written out here, because importing statsmodels and scipy
+    costs 0.5 s of CPU (seconds on a loaded machine) and the first paint needs nothing else.
+    ``tests/test_dashboard.py`` checks the two agree on a grid of counts.
+
+    Parameters
+    ----------
+    successes, n
+        Numerator and denominator (``0 <= successes <= n``).
+
+    Returns
+    -------
+    tuple of float
+        ``(low, high)``; ``(nan, nan)`` when ``n == 0``.
+
+    Raises
+    ------
+    ValueError
+        When the counts are impossible.
+
+    Examples
+    --------
+    >>> [round(v, 3) for v in wilson(45, 50)]
+    [0.786, 0.957]
+    """
+    if n < 0 or successes < 0 or successes > n + 1e-9:
+        raise ValueError(f"successes={successes!r}, n={n!r}: need 0 <= successes <= n. "
+                         "Fix: pass the numerator and the denominator of the proportion")
+    if n == 0:
+        return (math.nan, math.nan)
+    k = min(successes, n)
+    q = k / n
+    crit2 = Z95**2
+    denom = 1 + crit2 / n
+    center = (q + crit2 / (2 * n)) / denom
+    dist = Z95 * np.sqrt(q * (1.0 - q) / n + crit2 / (4.0 * n**2))
+    dist /= denom
+    low, high = center - dist, center + dist
+    # at k == 0 or k == n the exact limit is 0 or 1 (as wilson_interval clamps it)
+    return (float(min(max(0.0, low), q)), float(max(min(1.0, high), q)))
 
 
 def fmt_rate(p: tuple[float | None, float | None, float | None]) -> str:
@@ -115,8 +159,10 @@ def ppv_from_totals(t: Mapping[str, float], mode: Mode) -> str:
 def ppv_text(k: float, n: float, mode: Mode) -> str:
     """The PPV as :func:`fracture_qi.qi.report.headline_summary` shows it.
 
-    Formatting goes through :func:`fracture_qi.qi.report.accuracy_table`, so the tile and
-    the audit report agree to the character (hidden when 1-7 studies are on either side).
+    It is what :func:`fracture_qi.qi.report.accuracy_table` shows for a plain (Wilson) PPV
+    row, so the tile and the audit report agree to the character (hidden when 1-7 studies
+    are on either side); written out here to keep statsmodels off the first paint, and
+    checked against ``accuracy_table`` by ``tests/test_dashboard.py``.
 
     Examples
     --------
@@ -125,15 +171,24 @@ def ppv_text(k: float, n: float, mode: Mode) -> str:
     >>> ppv_text(45, 49, "publish")
     '*'
     """
-    from fracture_qi.qi.proportions import proportion
-    from fracture_qi.qi.report import accuracy_table
+    k_, n_ = round(k), round(n)  # whole counts (round() of a float is an int)
+    # accuracy_table (qi.report) for one plain Wilson PPV row, without importing qi.report
+    # and statsmodels on the first paint; tests/test_dashboard.py checks the two agree
+    if mode == "publish" and any(1 <= c <= 7 for c in (k_, n_ - k_)):
+        return HIDDEN
+    if mode == "publish":
+        rk, rn = rounded_count(k_), rounded_count(n_)
+        if rk is not None and rn:
+            lo, hi = wilson(rk, rn)
+            return f"{_pct(rk / rn)} ({_pct(lo)}-{_pct(hi)})"
+    if not n_:
+        return ""
+    lo, hi = wilson(k_, n_)
+    return f"{_pct(k_ / n_)} ({_pct(lo)}-{_pct(hi)})"
 
-    k_, n_ = int(round(k)), int(round(n))
-    row = {**proportion(k_, n_).to_dict(), "measure": "ppv", "n_numerator": k_,
-           "n_denominator": n_, "definition": ""}
-    shown = accuracy_table(pd.DataFrame([row]), mode=mode).iloc[0]
-    return " ".join(x for x in (shown["Estimate"],
-                                f"({shown['95% CI']})" if shown["95% CI"] else "") if x)
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
 
 
 def tiles(t: Mapping[str, float], mode: Mode) -> dict[str, str]:

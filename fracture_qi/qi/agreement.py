@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
-from statsmodels.stats.inter_rater import cohens_kappa
+
+# scipy and statsmodels are imported where used (import cost: see proportions.py)
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ def kappa(
     pe = float((wmat * np.outer(p.sum(1), p.sum(0))).sum())
     if np.isclose(pe, 1.0):
         return KappaResult(nan, nan, nan, nan, n, po, pe, weights, table)
+    from scipy.stats import norm
+    from statsmodels.stats.inter_rater import cohens_kappa
+
     res = cohens_kappa(t, wt=weights, return_results=True)
     se = float(res.std_kappa)
     z = float(norm.ppf(0.5 + confidence / 2))
