@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     tn = neg = 0
     lab_ok = lab_n = 0
     herr: list[float] = []
+    normal_red: list[float] = []  # largest reduction of each unfractured body found
     lab_none = 0
     conf = np.zeros((4, 4), dtype=int)  # true grade x found grade (unmatched bodies not counted)
     missed: list[str] = []
@@ -87,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                 tp[g] += int(detected)
                 if not detected:
                     what = "not found" if hit is None else f"grade {hit.genant_grade}"
-                    missed.append(f"{fov} {row.level} {row.morph_type} g{g}: {what}")
+                    if hit is not None:
+                        # what was measured against the truth, to tell a missed body from a
+                        # mis-measured one
+                        red = (hit.geometry or {}).get("reductions")
+                        what += (
+                            f" (found {hit.level} Ha/Hm/Hp {hit.ha_mm}/{hit.hm_mm}/{hit.hp_mm}, true "
+                            f"{row.ha_mm:.1f}/{row.hm_mm:.1f}/{row.hp_mm:.1f}, reductions {red})"
+                        )
+                    missed.append(f"patient {len(secs) - 1} {fov} {row.level} {row.morph_type} g{g}: {what}")
             else:
                 neg += 1
                 tn += int(not detected)
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                 f[1] += int(hit.level is None)
                 f[2] += 1
                 conf[g, int(hit.genant_grade)] += 1
+                red = (hit.geometry or {}).get("reductions")
+                if g == 0 and red:
+                    normal_red.append(max(red.values()))
                 if hit.ha_mm is not None and g == 0:
                     herr += [abs(hit.ha_mm - row.ha_mm), abs(hit.hm_mm - row.hm_mm), abs(hit.hp_mm - row.hp_mm)]
         if (int(truth.genant_grade.max()) if len(truth) else 0) < args.flag_grade:
@@ -120,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "grade_confusion_true_by_found": conf.tolist(),
         "missed": missed,
+        "normal_reduction_p99_max": (
+            [round(float(np.percentile(normal_red, 99)), 3), round(float(max(normal_red)), 3)] if normal_red else None
+        ),
         "height_error_median_mm": float(np.median(herr)) if herr else None,
         "seconds_per_series_median": float(np.median(secs)),
     }

@@ -88,3 +88,30 @@ def test_partial_bodies_are_not_graded() -> None:
     meas = _column(LUMBAR)
     meas[0] = BodyMeasurement(level="L3", partial=True)
     assert grade_bodies(meas)[0] is None
+
+
+def test_mild_cutoff_allows_for_the_spread_of_normal_shape() -> None:
+    """A measured 17% wedge is grade 1 (a true >= 20% loss on a body that was a little more
+    wedged than its level's mean); a body one SD off its level's normal ratio is not."""
+    from fracture_qi.screening.morphometry import MILD_REDUCTION
+
+    assert 0.12 < MILD_REDUCTION < 0.20
+    meas = _column(LUMBAR)
+    m = next(x for x in meas if x.level == "L2")
+    m.ha = m.hp * NORMAL_HA_HP["L2"] * (1 - 0.17)  # type: ignore[operator]
+    d = grade_bodies(meas)[meas.index(m)]
+    assert d is not None and d.grade == 1 and d.morph_type == "wedge"
+    m.ha = m.hp * (NORMAL_HA_HP["L2"] - 0.05)  # type: ignore[operator]
+    d = grade_bodies(meas)[meas.index(m)]
+    assert d is not None and d.grade == 0
+
+
+def test_mild_wedge_by_ratio_alone_is_not_graded() -> None:
+    """A body with a 17% Ha/Hp reduction whose Hp is tall for its level (Ha normal against the
+    neighbours), like L1 of the real example CT, is an unusual shape, not a grade-1 fracture."""
+    meas = _column(LUMBAR)
+    m = next(x for x in meas if x.level == "L2")
+    m.hp = m.hp * 1.12  # type: ignore[operator]
+    m.ha = m.hp * NORMAL_HA_HP["L2"] * (1 - 0.17)  # type: ignore[operator]
+    d = grade_bodies(meas)[meas.index(m)]
+    assert d is not None and d.grade == 0 and 0.16 < d.reductions["wedge"] < 0.18

@@ -82,3 +82,67 @@ def test_screener_finds_the_planted_wedge(lumbar_phantom) -> None:  # type: igno
         if m:
             errs += [abs(m[0].ha_mm - t.ha_mm), abs(m[0].hp_mm - t.hp_mm)]
     assert len(errs) >= 4 and float(np.median(errs)) < 2.5
+
+
+def test_sample_many_equals_separate_calls(lumbar_phantom) -> None:  # type: ignore[no-untyped-def]
+    vol, _ = lumbar_phantom
+    path = spine.locate_canal(vol, CPU)
+    assert path is not None
+    sampler = spine.SpineSampler(vol, path, CPU)
+    rng = np.random.default_rng(3)
+    reqs = []
+    for shape, slab in (((7, 5), True), ((4, 3, 2), False), ((11,), True)):
+        z = rng.uniform(0, vol.extent_mm[0] + 20.0, size=shape)  # some beyond the volume: air
+        y = path.y_at(z) - rng.uniform(0, 60, size=shape)
+        x = path.x_at(z) + rng.uniform(-10, 10, size=shape)
+        reqs.append((z, y, x, slab))
+    together = sampler.sample_many(reqs)
+    for (z, y, x, slab), got in zip(reqs, together):
+        alone = sampler.sample(z, y, x, slab=slab)
+        assert got.shape == z.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, alone, rtol=0, atol=1e-3)
+    assert np.any(together[0] == -1000.0)
+
+
+def test_batched_body_measurement_equals_one_by_one(lumbar_phantom) -> None:  # type: ignore[no-untyped-def]
+    from fracture_qi.screening import morphometry
+
+    vol, _ = lumbar_phantom
+    path = spine.locate_canal(vol, CPU)
+    st = spine.straighten(vol, path, CPU)
+    bodies = spine.find_bodies(st)
+    assert len(bodies) >= 4
+    batch = morphometry.measure_bodies(vol, st, bodies, CPU)
+    for bd, mb in zip(bodies, batch):
+        m1 = morphometry.measure_body(vol, st, bd, CPU)
+        assert (m1.ha, m1.hm, m1.hp, m1.partial) == (mb.ha, mb.hm, mb.hp, mb.partial)
+        assert m1.trabecular_hu == mb.trabecular_hu
+
+
+def test_chest_only_scan_is_labelled_from_the_rib_heads() -> None:
+    """No sacrum in view and the synthetic rib shafts start away from the spine: the levels come
+    from the rib heads beside the bodies (T12 the last body with them)."""
+    phantom = pytest.importorskip("fracture_qi.synth.phantom")
+    rng = np.random.default_rng(3)
+    spec = phantom.random_patient_spec(rng, age=70, sex="F", fractures=[])
+    vol, truth = phantom.make_spine_volume(
+        spec, fov="chest", shape=(150, 180, 180), spacing=(2.0, 1.8, 1.8), rng=rng, noise_sd=15
+    )
+    res = ReferenceScreener(device="cpu", keyimage=False).screen(vol)
+    assert res.status == "ok", res.detail
+    truth = truth[truth.fully_in_view]
+    ok = n = 0
+    for v in res.vertebrae:
+        near = truth[np.abs(truth.centre_z_mm - vol.origin[2] - v.geometry["centre_zyx_mm"][0]) < 10.0]
+        if len(near):
+            n += 1
+            ok += int(near.level.iloc[0] == v.level)
+    assert n >= 10 and ok >= n - 1, [v.level for v in res.vertebrae]
+    # the rib-head reach itself separates thoracic from lumbar bodies
+    path = spine.locate_canal(vol, CPU)
+    st = spine.straighten(vol, path, CPU)
+    bodies = spine.find_bodies(st)
+    grid = spine.coarse_grid(vol, CPU)
+    anchors = spine.label_levels(grid, st, bodies)
+    heads = dict(zip([b.level for b in bodies], anchors.rib_head_excess))
+    assert heads["T12"] > 7.5 and heads["L1"] < 4.0, heads

@@ -49,6 +49,15 @@ COLUMN_INSET = 0.12
 CORTEX_HALF_MM = 0.5
 #: weight of the line-peak estimate against the steepest-step estimate of an endplate surface
 PEAK_WEIGHT = 0.65
+#: grade-1 cut-off on the *measured* reduction. Genant's 20% is a loss against the body's own
+#: former shape, which is unknown; the screener measures against the normal shape for the
+#: level, and people differ from it by SD ~0.05 in Ha/Hp and Hm/Hp (ANATOMY.md 1d), about 4%
+#: of the ratio. A true 21% loss therefore measures anywhere from ~16% to ~26%, while normal
+#: bodies stay under ~10%: the mild cut-off sits one SD below 20% (between it and 20%, a wedge
+#: or biconcave reading must be borne out against the neighbours, see ``_grade_pass``). Grades 2 and 3 keep the
+#: 25% and 40% cut-offs (lowering them would read mild deformities as moderate, flagging
+#: studies that should not be).
+MILD_REDUCTION = 0.16
 
 
 @dataclass
@@ -402,8 +411,9 @@ def _measure_steps(
             zs, ys = fr.to_zy(sup_a, np.array(cols3))
             zi, yi = fr.to_zy(inf_a, np.array(cols3))
             hts = np.hypot(zs - zi, ys - yi)
-            if hts.min() < 0.4 * hts.max() or hts.min() < 3.0:
-                # beyond 60% collapse of one column (vertebra plana) an endplate was lost, not found
+            # beyond 60% collapse of a wall (vertebra plana) or 70% of the middle (a severe
+            # biconcave body keeps its walls: Hm/Hp down to ~0.35) an endplate was lost, not found
+            if min(hts[0], hts[2]) < 0.4 * hts.max() or hts[1] < 0.3 * hts.max() or hts.min() < 3.0:
                 m.extra["implausible_heights"] = [round(float(x), 1) for x in hts]
                 good = False
         if good:
@@ -479,19 +489,34 @@ class Deformity:
     reductions: dict[str, float]
 
 
-def grade_from_reduction(reduction: float) -> int:
+def grade_from_reduction(reduction: float, mild: float = 0.20) -> int:
     """Genant grade of a fractional height reduction (0.20, 0.25 and 0.40 cut-offs).
+
+    Parameters
+    ----------
+    reduction
+        Fractional height loss.
+    mild
+        The grade-1 cut-off: Genant's 0.20 for a known loss; the screener grades its
+        measured reductions with :data:`MILD_REDUCTION` (see there).
+
+    Returns
+    -------
+    int
+        Genant grade 0-3.
 
     Examples
     --------
-    >>> [grade_from_reduction(r) for r in (0.1, 0.22, 0.3, 0.5)]
-    [0, 1, 2, 3]
+    >>> [grade_from_reduction(r) for r in (0.1, 0.18, 0.22, 0.3, 0.5)]
+    [0, 0, 1, 2, 3]
+    >>> grade_from_reduction(0.18, mild=MILD_REDUCTION)
+    1
     """
     if reduction >= 0.40:
         return int(GenantGrade.SEVERE)
     if reduction >= 0.25:
         return int(GenantGrade.MODERATE)
-    if reduction >= 0.20:
+    if reduction >= mild:
         return int(GenantGrade.MILD)
     return int(GenantGrade.NORMAL)
 
@@ -579,7 +604,15 @@ def _grade_pass(meas: list[BodyMeasurement], exclude: set[int]) -> list[Deformit
         reds = {"wedge": float(wedge), "biconcave": float(bic), "crush": float(crush)}
         kind = max(reds, key=lambda k: reds[k])
         red = max(reds[kind], 0.0)
-        grade = grade_from_reduction(red)
+        grade = grade_from_reduction(red, mild=MILD_REDUCTION)
+        if grade == 1 and red < 0.20 and kind in ("wedge", "biconcave"):
+            # below Genant's 20% a ratio of the body's own heights is not enough on its own
+            # (an unusually wedged but intact body reads 15-17%): the short column must be
+            # short against the neighbours too, on average with the ratio
+            col = m.ha / e_ahp if kind == "wedge" else m.hm / e_mhp
+            nb = 1.0 - col / exp_hp if exp_hp else 0.0
+            if 0.5 * (red + nb) < MILD_REDUCTION:
+                grade = 0
         res.append(
             Deformity(
                 grade=grade,

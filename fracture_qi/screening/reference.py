@@ -43,7 +43,7 @@ from fracture_qi.screening.types import MorphType, SeriesResult, VertebraResult
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 #: levels searched for bone density, nearest to L1 first
 DENSITY_ORDER = ("L1", "L2", "T12", "L3", "T11", "L4")

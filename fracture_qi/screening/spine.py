@@ -19,7 +19,9 @@ The pipeline (each stage batched over the whole volume on the chosen torch devic
    wall of the body is interrupted) and so the vertebral bodies between them.
 4. :func:`label_levels` names the bodies by counting up from the lumbosacral disc (the first body
    whose axial section is continuous with the sacral alae) and/or down from the last
-   rib-bearing vertebra, and leaves the level empty when the anchors disagree or are missing.
+   rib-bearing vertebra (rib heads beside the back of the body, :func:`rib_head_excess`, or rib
+   shafts reaching far sideways, :func:`rib_reach`), and leaves the level empty when the
+   anchors disagree or are missing.
 """
 
 from __future__ import annotations
@@ -882,26 +884,48 @@ def label_levels(
             l5 = i - 1
             break
     anchors.sacral_index = l5
-    # -- ribs: the topmost run of rib-bearing bodies ends at T12. A body bears a rib when bone
-    # runs far sideways at its level (a rib shaft attached in the image) or when bone continues
-    # beyond the body's margin at its posterolateral corner (rib head and neck at the
-    # costovertebral joint; seen even where the shaft is cut off or not attached)
+    # -- ribs, two ways. (a) The topmost run of bodies with bone far sideways at their level
+    # (rib shafts attached in the image) ends at T12. (b) Rib heads: bone beyond the body's
+    # margin at its posterolateral corner (costovertebral joint and rib neck), seen even where
+    # the shaft is cut off or not attached in the image.
     reaches = [rib_reach(grid, st, bd) for bd in bodies]
     anchors.rib_reaches = reaches
     heads = [0.5 * (r + l) for r, l in rib_head_excess(st, bodies)]
     anchors.rib_head_excess = heads
-    ribbed = [r >= rib_mm or e >= rib_head_mm for r, e in zip(reaches, heads)]
-    t12 = None
+    # a "sacrum" whose L5 and L4 carry rib heads is the rib cage seen wide (a chest scan), not
+    # the sacrum (beside a real L5 the iliac crests can look like rib heads; beside L4 they do not)
+    if l5 is not None and l5 + 1 < len(bodies) and heads[l5] >= rib_head_mm + 1.0 and heads[l5 + 1] >= rib_head_mm:
+        log.debug("sacral anchor at body %d dropped: rib heads beside it (%.1f mm)", l5, heads[l5])
+        l5 = None
+        anchors.sacral_index = None
+    t12_reach = None
     # the run must start at the topmost body: a chest whose upper bodies show no ribs (or a
     # 12th rib that is not seen) would otherwise be counted from the wrong rib
     top = len(bodies) - 1
-    if ribbed[top]:
-        t12 = top
-        while t12 - 1 >= 0 and ribbed[t12 - 1]:
-            t12 -= 1
-        if t12 == 0 and l5 is None:
+    if reaches[top] >= rib_mm:
+        t12_reach = top
+        while t12_reach - 1 >= 0 and reaches[t12_reach - 1] >= rib_mm:
+            t12_reach -= 1
+        if t12_reach == 0 and l5 is None:
             # the run reaches the bottom of the view: cannot tell where the ribs stop
-            t12 = None
+            t12_reach = None
+    # T12 by the rib heads: clear heads (the lower thoracic ones are the clearest), heads on
+    # the body above too, and clearly none on the two bodies below (L1, L2)
+    strong = rib_head_mm + 1.0
+    t12_heads = [
+        k
+        for k in range(1, len(bodies))
+        if heads[k] >= strong
+        and (k + 1 >= len(bodies) or heads[k + 1] >= rib_head_mm)
+        and heads[k - 1] < rib_head_mm - 2.5
+        and (k < 2 or heads[k - 2] < rib_head_mm - 2.5)
+    ]
+    t12_head = t12_heads[0] if len(t12_heads) == 1 else None
+    if t12_reach is not None and t12_head is not None and t12_reach != t12_head:
+        log.info("rib anchors disagree (rib shafts say body %s is T12, rib heads %s)", t12_reach, t12_head)
+        t12 = None
+    else:
+        t12 = t12_head if t12_head is not None else t12_reach
     anchors.rib_index = t12
     names: list[str | None] = [None] * len(bodies)
     i_l5 = LEVELS.index("L5")
