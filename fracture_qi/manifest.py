@@ -293,6 +293,10 @@ class ScreeningConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=0)
     timeout_s: float | None = Field(None, gt=0, description="per-series limit")
+    max_slice_mm: float = Field(
+        3.0, gt=0, le=10,
+        description="coarsest slice spacing (mm) screened; thicker series are SLICE_TOO_THICK",
+    )
 
     @field_validator("device")
     @classmethod

@@ -263,3 +263,19 @@ def test_real_slices_without_uids_or_age_end_to_end(realdata, tmp_path):
 def test_ignore_age_is_refused_with_manifest(tmp_path):
     assert main(["screen", "--manifest", str(tmp_path / "m.yaml"), "--ignore-age"]) == 2
     assert main(["screen", str(tmp_path), "--out", str(tmp_path / "o"), "--timeout", "0"]) == 2
+
+
+def test_max_slice_mm_option(tmp_path: Path) -> None:
+    # a 5 mm series: SLICE_TOO_THICK by default, graded when the limit is raised (research)
+    root = tmp_path / "in"
+    dicomgen.write_ct_series(root / "thick", n=12, rows=16, cols=16, spacing=5.0)
+    assert main(["screen", str(root), "--out", str(tmp_path / "d"), "--workers", "0",
+                 "--no-progress"]) == 0
+    _, rows = read_csv(tmp_path / "d" / "studies.csv")
+    assert [(r["status"], r["reason"]) for r in rows] == [("excluded", "SLICE_TOO_THICK")]
+    assert main(["screen", str(root), "--out", str(tmp_path / "l"), "--workers", "0",
+                 "--no-progress", "--max-slice-mm", "5"]) == 0
+    _, rows = read_csv(tmp_path / "l" / "studies.csv")
+    assert rows[0]["reason"] != "SLICE_TOO_THICK"
+    assert main(["screen", str(root), "--out", str(tmp_path / "x"), "--max-slice-mm", "0"]) == 2
+    assert main(["screen", "--manifest", str(tmp_path / "m.yaml"), "--max-slice-mm", "5"]) == 2

@@ -46,7 +46,7 @@ SECRET = b"test-secret-0123456789abcdef"
 AX = [1, 0, 0, 0, 1, 0]
 
 
-def _enhanced_ct(path: Path, n: int = 12, rows: int = 16, cols: int = 16) -> None:
+def _enhanced_ct(path: Path, n: int = 14, rows: int = 16, cols: int = 16) -> None:
     """An Enhanced CT Image Storage file with per-frame positions (multi-frame)."""
     ds = Dataset()
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -61,7 +61,7 @@ def _enhanced_ct(path: Path, n: int = 12, rows: int = 16, cols: int = 16) -> Non
     shared = Dataset()
     po, pm, pvt = Dataset(), Dataset(), Dataset()
     po.ImageOrientationPatient = AX
-    pm.PixelSpacing, pm.SliceThickness = [0.8, 0.8], 5.0
+    pm.PixelSpacing, pm.SliceThickness = [0.8, 0.8], 3.0
     pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = 1, -1024, "HU"
     shared.PlaneOrientationSequence = DicomSequence([po])
     shared.PixelMeasuresSequence = DicomSequence([pm])
@@ -70,7 +70,7 @@ def _enhanced_ct(path: Path, n: int = 12, rows: int = 16, cols: int = 16) -> Non
     frames = []
     for k in range(n):
         fr, pp = Dataset(), Dataset()
-        pp.ImagePositionPatient = [0.0, 0.0, -100.0 + 5.0 * k]
+        pp.ImagePositionPatient = [0.0, 0.0, -100.0 + 3.0 * k]
         fr.PlanePositionSequence = DicomSequence([pp])
         frames.append(fr)
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
@@ -116,27 +116,27 @@ def build_tree(root: Path) -> None:
                                                    AX if i % 2 else [1, 0, 0, 0, 0.995, 0.0998]))
     write_ct_series(root / "matrix", n=12, per_file=lambda i, ds: setattr(
         ds, "PixelSpacing", [0.8, 0.8] if i < 6 else [0.7, 0.7]))
-    write_ct_series(root / "latin1", n=12, PatientName="Müller^Zoë", PatientID="MRN-LAT",
+    write_ct_series(root / "latin1", n=14, spacing=3.0, PatientName="Müller^Zoë", PatientID="MRN-LAT",
                     OtherPatientIDsSequence=None, IssuerOfPatientID=None,
                     InstitutionName="Hôpital Sud", CurrentPatientLocation="Emergency Department")
-    ok_paths = write_ct_series(root / "with_bad_file", n=12)
+    ok_paths = write_ct_series(root / "with_bad_file", n=14, spacing=3.0)
     truncate(ok_paths[5])
     write_junk(root / "with_bad_file" / "README.txt")
     (root / "with_bad_file" / ".hidden").write_text("ignored")
     shutil.copytree(root / "under50", root / "x_copies" / "under50_again")
-    for p in write_ct_series(root / "no_preamble", n=12):
+    for p in write_ct_series(root / "no_preamble", n=14, spacing=3.0):
         p.write_bytes(p.read_bytes()[132:])
     _enhanced_ct(root / "enhanced" / "MF0001.dcm")
     # a study re-sent under a new StudyInstanceUID (same patient, accession and date)
-    write_ct_series(root / "resent_a", n=12, AccessionNumber="ACC-RESENT", PatientID="MRN-R",
+    write_ct_series(root / "resent_a", n=14, spacing=3.0, AccessionNumber="ACC-RESENT", PatientID="MRN-R",
                     OtherPatientIDsSequence=None)
-    write_ct_series(root / "resent_b", n=12, AccessionNumber="ACC-RESENT", PatientID="MRN-R",
+    write_ct_series(root / "resent_b", n=14, spacing=3.0, AccessionNumber="ACC-RESENT", PatientID="MRN-R",
                     OtherPatientIDsSequence=None)
 
 
 EXPECTED = {
     "multi/thin_bone": ("ok", None),
-    "multi/thick_soft": ("excluded", "NOT_CHOSEN"),
+    "multi/thick_soft": ("excluded", "SLICE_TOO_THICK"),  # 5 mm: never graded
     "multi/thin_soft": ("excluded", "NOT_CHOSEN"),
     "multi/scout": ("excluded", "LOCALIZER"),
     "multi/sagittal": ("excluded", "NOT_AXIAL"),
@@ -205,8 +205,8 @@ def test_index_matches_scan_and_records_everything(tree, indexed):
     assert summary.problems["DUPLICATE_STUDY"] == 12
     table = summary.table()
     assert "AGE_UNDER_50" in table and "TRUNCATED" in table and "database: sqlite" in table
-    # the truncated slice is recorded, the other 11 indexed
-    assert rows["with_bad_file"].n_instances == 11
+    # the truncated slice is recorded, the other 13 indexed
+    assert rows["with_bad_file"].n_instances == 13
     assert rows["enhanced"].n_instances == 1 and rows["enhanced"].z_max is not None
     with session_scope(engine) as s:
         study = s.scalars(sa.select(S.Study).where(S.Study.chosen_series_id == rows["multi/thin_bone"].id)).one()
@@ -251,7 +251,8 @@ def test_reindex_is_idempotent_and_incremental(tree, indexed):
     assert again.n_new_series == 0 and again.n_touched_studies == 0
     # a new thin bone series arrives for the under-50 patient's... no: for a new study
     study = new_uid("late", 1)
-    write_ct_series(tree / "dicom" / "late" / "thick", n=20, StudyInstanceUID=study, SeriesNumber=2)
+    write_ct_series(tree / "dicom" / "late" / "thick", n=20, spacing=3.0, StudyInstanceUID=study,
+                    SeriesNumber=2)
     first = index_folder(tree / "dicom", engine, SECRET, source_name="test")
     assert first.n_new_series == 1 and first.n_new_files == 20 + 2  # + re-checked problem files
     # later a thinner bone series of the same study arrives: the choice moves to it
@@ -290,14 +291,14 @@ def test_chosen_series_for_the_engine(tree, indexed):
 
 
 def test_dicomdir_is_understood(tmp_path):
-    src = write_ct_series(tmp_path / "src", n=12)
+    src = write_ct_series(tmp_path / "src", n=14, spacing=3.0)
     fs = FileSet()
     for p in src:
         fs.add(p)
     fs.write(tmp_path / "media")
     for target in (tmp_path / "media", tmp_path / "media" / "DICOMDIR"):
         r = scan_paths([target])
-        assert [(s.status, s.n_instances) for s in r.series] == [("ok", 12)]
+        assert [(s.status, s.n_instances) for s in r.series] == [("ok", 14)]
         assert [str(p.reason) for p in r.problems] == ["DICOMDIR"]
 
 
@@ -379,8 +380,8 @@ def test_cli_index(tree, tmp_path, capsys, monkeypatch):
 @pytest.mark.slow
 def test_synthetic_cohort_reason_codes_match_truth(tmp_path_factory, capsys, monkeypatch):
     """`fracture-qi synth ... --patients 40 --seed 7 --fast` then `fracture-qi index`: the
-    under-50s, head CTs, localizers, reformats and the re-sent copy get their reason codes,
-    and the chosen series is the thinnest axial one."""
+    under-50s, head CTs, localizers, reformats, 5 mm series and the re-sent copy get their
+    reason codes, and the chosen series is the thinnest axial one."""
     import importlib.util
 
     import pandas as pd
@@ -411,6 +412,10 @@ def test_synthetic_cohort_reason_codes_match_truth(tmp_path_factory, capsys, mon
                                              validate="one_to_one")
     intrinsic = se[se["expected_reason"].isin(["LOCALIZER", "NOT_AXIAL"])]
     assert len(intrinsic) and (intrinsic["reason"] == intrinsic["expected_reason"]).all()
+    # 5 mm axial series are never graded; studies holding only those are SLICE_TOO_THICK
+    thick = se[se["expected_reason"] == "SLICE_TOO_THICK"]
+    assert len(thick) and (thick["reason"] == "SLICE_TOO_THICK").all()
+    assert "SLICE_TOO_THICK" in set(st["reason"].dropna())
     chosen = se[se["chosen"] == 1]
     assert len(chosen) == (st["expected_reason"] == "").sum()
     assert (chosen["thinnest_axial"] == "1").all()
@@ -431,7 +436,8 @@ def test_index_on_postgres(tree, fresh_postgres_url):
     engine = open_store(fresh_postgres_url)
     folder = tree / "dicom" / "multi"
     first = index_folder(folder, engine, SECRET, source_name="pg")
-    assert first.by_reason == {"ok": 1, "NOT_CHOSEN": 2, "LOCALIZER": 1, "NOT_AXIAL": 1}
+    assert first.by_reason == {"ok": 1, "NOT_CHOSEN": 1, "SLICE_TOO_THICK": 1, "LOCALIZER": 1,
+                               "NOT_AXIAL": 1}
     again = index_folder(folder, engine, SECRET, source_name="pg")
     assert again.n_new_series == 0 and again.n_touched_studies == 0
     (ref,) = chosen_series(engine, unscreened_for=("ref", "1.0"))
@@ -479,17 +485,17 @@ def _blank_uids(paths, keep_meta: bool = True) -> None:
 def test_empty_uids_get_deterministic_surrogates(tmp_path, caplog):
     folder = tmp_path / "anon"
     frame, study = new_uid("anon-for"), new_uid("anon-st")  # same accession number too
-    a = write_ct_series(folder, n=12, SeriesNumber=2, FrameOfReferenceUID=frame, prefix="A",
+    a = write_ct_series(folder, n=14, spacing=3.0, SeriesNumber=2, FrameOfReferenceUID=frame, prefix="A",
                         StudyInstanceUID=study)
-    b = write_ct_series(folder, n=12, SeriesNumber=3, ConvolutionKernel="Br64",
-                        FrameOfReferenceUID=frame, prefix="B", spacing=4.0,
+    b = write_ct_series(folder, n=21, SeriesNumber=3, ConvolutionKernel="Br64",
+                        FrameOfReferenceUID=frame, prefix="B", spacing=2.0,
                         StudyInstanceUID=study)
     metas = {str(p): pydicom.dcmread(p).file_meta.MediaStorageSOPInstanceUID for p in a + b}
     _blank_uids(a + b)
     with caplog.at_level("WARNING", logger="fracture_qi.dicom.scan"):
         r = scan_paths([folder])
     assert not r.problems
-    assert sorted(s.n_instances for s in r.series) == [12, 12]
+    assert sorted(s.n_instances for s in r.series) == [14, 21]
     # one study (same folder, date and frame of reference), two series (series number,
     # kernel): both 2.25 surrogates; SOP UIDs from the file meta
     assert len({s.study_instance_uid for s in r.series}) == 1
@@ -511,17 +517,17 @@ def test_empty_uids_get_deterministic_surrogates(tmp_path, caplog):
     assert key(again) == key(r)
     # strict mode refuses every file
     strict = scan_paths([folder], strict=True)
-    assert strict.series == [] and len(strict.problems) == 24
+    assert strict.series == [] and len(strict.problems) == 14 + 21
     assert {p.reason for p in strict.problems} == {ReasonCode.UNREADABLE}
     assert "strict mode" in strict.problems[0].detail
 
 
 def test_empty_uids_recorded_in_index_detail(tmp_path):
-    files = write_ct_series(tmp_path / "dicom" / "anon", n=12)
+    files = write_ct_series(tmp_path / "dicom" / "anon", n=14, spacing=3.0)
     _blank_uids(files)
     engine = open_store(f"sqlite:///{tmp_path / 'fqi.db'}")
     summary = index_folder(tmp_path / "dicom", engine, SECRET)
-    assert summary.n_files == 12
+    assert summary.n_files == 14
     with session_scope(engine) as s:
         (series,) = s.scalars(sa.select(S.Series)).all()
         assert series.series_instance_uid.startswith("2.25.")
@@ -537,8 +543,8 @@ def test_no_sop_uid_anywhere_is_unreadable(tmp_path):
 
 
 def test_ignore_age_screens_series_without_age(tmp_path):
-    write_ct_series(tmp_path / "noage", n=12, PatientAge=None, PatientBirthDate=None)
-    write_ct_series(tmp_path / "young", n=12, PatientAge="030Y")
+    write_ct_series(tmp_path / "noage", n=14, spacing=3.0, PatientAge=None, PatientBirthDate=None)
+    write_ct_series(tmp_path / "young", n=14, spacing=3.0, PatientAge="030Y")
     r = scan_paths([tmp_path])
     assert sorted(s.reason for s in r.series) == ["AGE_UNDER_50", "AGE_UNKNOWN"]
     r = scan_paths([tmp_path], ignore_age=True)
@@ -596,3 +602,80 @@ def test_real_slices_without_uids(realdata):
     assert ok.series[0].chosen and ok.series[0].reason is None
     strict = scan_paths([folder], strict=True)
     assert not strict.series and {p.reason for p in strict.problems} == {ReasonCode.UNREADABLE}
+
+
+# --- slice thickness (SLICE_TOO_THICK) ---------------------------------------------------------
+
+
+def test_thick_only_study_is_excluded_and_thin_one_is_chosen(tmp_path):
+    root = tmp_path / "dicom"  # what _series_by_folder expects
+    study = new_uid("thick-mix", 1)
+    write_ct_series(root / "mix/thick", n=12, spacing=5.0, StudyInstanceUID=study,
+                    SeriesNumber=2, ConvolutionKernel="B30f")
+    write_ct_series(root / "mix/thin", n=48, spacing=1.25, StudyInstanceUID=study,
+                    SeriesNumber=3, ConvolutionKernel="B30f")
+    write_ct_series(root / "only5/soft", n=12, spacing=5.0, SeriesNumber=2,
+                    StudyInstanceUID=new_uid("thick-only", 1), ConvolutionKernel="B30f")
+    write_ct_series(root / "only5/bone", n=12, spacing=5.0, SeriesNumber=3,
+                    StudyInstanceUID=new_uid("thick-only", 1), ConvolutionKernel="B70f")
+    write_localizer(root / "only5/scout", StudyInstanceUID=new_uid("thick-only", 1))
+    write_ct_series(root / "at3", n=14, spacing=3.0)  # the limit itself is screened
+    r = scan_paths([root])
+    by = {Path(s.folder).relative_to(root).as_posix(): s for s in r.series}
+    assert (by["mix/thin"].status, by["mix/thin"].chosen) == ("ok", True)
+    assert (by["mix/thick"].status, by["mix/thick"].reason) == ("excluded", "SLICE_TOO_THICK")
+    assert "5.00 mm" in by["mix/thick"].detail and "Fix" in by["mix/thick"].detail
+    assert by["at3"].chosen
+    only5 = [s for k, s in by.items() if k.startswith("only5")]
+    assert scan_mod.study_reason(only5) == "SLICE_TOO_THICK"
+    assert scan_mod.study_reason([by["mix/thick"], by["mix/thin"]]) is None
+    # a looser limit (research only) lets the 5 mm series in; the chooser still prefers thin
+    loose = scan_paths([root], max_slice_mm=5.0)
+    lby = {Path(s.folder).relative_to(root).as_posix(): s for s in loose.series}
+    assert lby["mix/thin"].chosen and lby["mix/thick"].reason == "NOT_CHOSEN"
+    assert lby["only5/soft"].chosen  # soft kernel wins among thick ones
+    # the index records the same per series and the study reason
+    engine = open_store(f"sqlite:///{tmp_path / 'fqi.db'}")
+    index_folder(root, engine, SECRET, source_name="t")
+    rows = _series_by_folder(engine, tmp_path)
+    assert rows["only5/bone"].reason == "SLICE_TOO_THICK"
+    with session_scope(engine) as s:
+        st = s.get(S.Study, rows["only5/soft"].study_id)
+        assert not st.eligible and st.reason == "SLICE_TOO_THICK"
+        assert s.get(S.Study, rows["mix/thin"].study_id).chosen_series_id == rows["mix/thin"].id
+    engine.dispose()
+
+
+def test_slice_step_falls_back_to_spacing_between_slices_then_thickness():
+    def header(**kw):
+        s = SeriesHeader("1", "1.1", "/x", modality="CT", orientation=(1, 0, 0, 0, 1, 0),
+                         patient_age="070Y", study_description="CT ABDOMEN", n_frames=20,
+                         z_span=(0.0, 95.0), **kw)
+        scan_mod.eligibility(s)
+        return s.reason
+
+    # SpacingBetweenSlices (what build_series keeps as slice_spacing) wins over thickness
+    assert header(slice_thickness=5.0, slice_spacing=2.5) is None  # overlapping 5 mm slabs
+    assert header(slice_thickness=2.0, slice_spacing=4.0) == "SLICE_TOO_THICK"
+    assert header(slice_thickness=5.0) == "SLICE_TOO_THICK"  # no spacing known: thickness
+    assert header(slice_thickness=3.0004) is None  # rounding of a 3 mm series
+    assert header() is None  # nothing known: the volume check in the screener decides
+
+
+def test_resent_thick_study_is_a_duplicate_and_manifest_sets_the_limit(tmp_path):
+    from fracture_qi.dicom.index import manifest_max_slice_mm
+    from fracture_qi.manifest import ScreeningConfig
+
+    for name in ("a", "b"):
+        write_ct_series(tmp_path / name, n=12, spacing=5.0, AccessionNumber="ACC-THICK",
+                        PatientID="MRN-T", OtherPatientIDsSequence=None)
+    r = scan_paths([tmp_path])
+    assert sorted(s.reason for s in r.series) == ["DUPLICATE_STUDY", "SLICE_TOO_THICK"]
+
+    class M:
+        screening = ScreeningConfig(max_slice_mm=5.0)
+
+    assert manifest_max_slice_mm(M()) == 5.0 and ScreeningConfig().max_slice_mm == 3.0
+    assert manifest_max_slice_mm(object()) == 3.0
+    with pytest.raises(ValueError):
+        ScreeningConfig(max_slice_mm=0)

@@ -166,7 +166,9 @@ def test_dicomweb_index_equals_folder_index(pacs_server: OrthancServer, cohort: 
     folder = scan_paths([cohort])
     web = pacs.scan_pacs(dicomweb_source(pacs_server))
     assert outcome(web) == outcome(folder)
-    want = {STUDY_A + ".1": ("ok", None, True), STUDY_A + ".2": ("excluded", "NOT_CHOSEN", False),
+    # A.2 is the study's 5 mm series: never graded (SLICE_TOO_THICK), over DICOMweb as on disk
+    want = {STUDY_A + ".1": ("ok", None, True),
+            STUDY_A + ".2": ("excluded", "SLICE_TOO_THICK", False),
             STUDY_B + ".1": ("excluded", "AGE_UNDER_50", False),
             STUDY_C + ".1": ("excluded", "AGE_UNKNOWN", False)}
     assert {k: v[:3] for k, v in outcome(web).items()} == want

@@ -146,3 +146,17 @@ def test_chest_only_scan_is_labelled_from_the_rib_heads() -> None:
     anchors = spine.label_levels(grid, st, bodies)
     heads = dict(zip([b.level for b in bodies], anchors.rib_head_excess))
     assert heads["T12"] > 7.5 and heads["L1"] < 4.0, heads
+
+
+def test_thick_volume_is_refused_not_graded(lumbar_phantom) -> None:  # type: ignore[no-untyped-def]
+    vol, _ = lumbar_phantom
+    # every 2nd slice of the 2.5 mm phantom: a 5 mm volume over the same anatomy
+    thick = CTVolume(hu=vol.hu[::2], spacing=(5.0, *vol.spacing[1:]), origin=vol.origin)
+    res = ReferenceScreener(device="cpu", keyimage=False).screen(thick)
+    assert (res.status, res.reason) == ("error", "SLICE_TOO_THICK")
+    assert not res.vertebrae and not res.flagged and "5.00 mm" in res.detail
+    # the limit is a setting: at 5 mm allowed the same volume is graded
+    loose = ReferenceScreener(device="cpu", keyimage=False, max_slice_mm=5.0).screen(thick)
+    assert loose.status == "ok" and loose.vertebrae
+    with pytest.raises(ValueError):
+        ReferenceScreener(device="cpu", max_slice_mm=0)

@@ -242,7 +242,11 @@ def test_cohort_layout_and_readback(cohort):
                 "AGE_UNDER_50",
                 "NO_SPINE_IN_VIEW",
                 "DUPLICATE_STUDY",
+                "SLICE_TOO_THICK",
             )
+            # an axial series coarser than 3 mm is never graded
+            if row.slice_thickness > 3.0 and row.expected_reason == "":
+                pytest.fail(f"{row.folder}: {row.slice_thickness} mm expected eligible")
 
 
 def test_same_seed_same_bytes_other_seed_other_uids(cohort, tmp_path):
@@ -301,7 +305,22 @@ def test_prevalence_and_age_mix(big_truth):
         "AGE_UNDER_50",
         "NO_SPINE_IN_VIEW",
         "DUPLICATE_STUDY",
+        "SLICE_TOO_THICK",
     }
+    # a modern PACS keeps a thin reconstruction for most trunk CT (THIN_SERIES_RATE 0.85):
+    # the rest hold only the 5 mm series and are SLICE_TOO_THICK
+    trunk = st[(st["copy"] == 1) & (st.protocol != "head") & (st.age_years >= 50)]
+    thick_share = (trunk.expected_reason == "SLICE_TOO_THICK").mean()
+    assert 0.08 < thick_share < 0.22, thick_share
+    assert (trunk.expected_reason.isin(["", "SLICE_TOO_THICK"])).all()
+    se = big_truth["series"]
+    se = se[(se["copy"] == 1) & (se.kind == "axial")]
+    thin_studies = set(se.loc[se.slice_thickness <= 3.0, "study_instance_uid"])
+    too_thick = set(trunk.loc[trunk.expected_reason == "SLICE_TOO_THICK", "study_instance_uid"])
+    assert too_thick and not (too_thick & thin_studies)
+    in_trunk = se.study_instance_uid.isin(trunk.study_instance_uid)
+    assert (se[in_trunk & (se.slice_thickness > 3.0)].expected_reason == "SLICE_TOO_THICK").all()
+    assert (se[in_trunk & (se.slice_thickness <= 3.0)].expected_reason == "").all()
     head = st[st.protocol == "head"]
     assert (head.n_levels_in_view == 0).all() and (head.expected_reason == "NO_SPINE_IN_VIEW").all()
 

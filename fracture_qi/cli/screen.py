@@ -35,6 +35,8 @@ examples:
   fracture-qi screen /media/export --out /tmp/r          # no database
   fracture-qi screen scan1/ scan2/ --out /tmp/r --model site.onnx --model-sha256 <hex>
   fracture-qi screen research/ --out /tmp/r --ignore-age  # ages removed (not for audit)
+  fracture-qi screen old-5mm/ --out /tmp/r --max-slice-mm 5  # research only: grades are
+                                                 # unreliable above 3 mm (false positives)
 
 outputs (folder mode; same columns as 'fracture-qi export'):
   studies.csv    path, study_instance_uid, series_instance_uid, status (ok|excluded|error),
@@ -89,6 +91,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="PATH mode: also screen series excluded only for age (AGE_UNKNOWN, "
                    "AGE_UNDER_50), with reason left blank: for research and validation "
                    "folders where ages are removed; never used by the audit pipeline")
+    p.add_argument("--max-slice-mm", type=float, default=None, metavar="MM",
+                   help="PATH mode: coarsest slice spacing screened (default 3.0); thicker "
+                   "series are reported as SLICE_TOO_THICK, not graded (manifest mode uses "
+                   "the manifest's screening.max_slice_mm, applied by 'fracture-qi index')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     return p
@@ -111,6 +117,14 @@ def _check(args: argparse.Namespace) -> None:
     if args.manifest and (args.model or args.model_sha256):
         raise ConfigError("--model is for PATH mode; with --manifest the model comes from the "
                           "manifest's model: entry. Fix: edit the manifest or drop --model")
+    max_slice = getattr(args, "max_slice_mm", None)
+    if max_slice is not None and args.manifest:
+        raise ConfigError("--max-slice-mm is for PATH mode; with --manifest the limit is the "
+                          "manifest's screening.max_slice_mm, applied when indexing. Fix: set "
+                          "it in the manifest and run fracture-qi index --rebuild-choice")
+    if max_slice is not None and not 0 < max_slice <= 10:
+        raise ConfigError(f"--max-slice-mm {max_slice} is out of range. Fix: give a spacing in "
+                          "mm above 0 and at most 10 (3 is the default)")
     if getattr(args, "timeout_s", None) is not None and args.timeout_s <= 0:
         raise ConfigError(f"--timeout {args.timeout_s} is out of range. Fix: give a number of "
                           "seconds > 0")
@@ -163,12 +177,14 @@ def run(args: argparse.Namespace) -> int:
                               "model: {kind: vendor, path, sha256, id, version}")
         if args.model_sha256:
             spec = dataclasses.replace(spec, sha256=args.model_sha256.lower())
-        model = load_model(spec, device=args.device or "auto", flag_grade=args.flag_grade or 2)
+        model = load_model(spec, device=args.device or "auto", flag_grade=args.flag_grade or 2,
+                           max_slice_mm=getattr(args, "max_slice_mm", None))
     summary = screen_paths(
         [Path(p) for p in args.paths], args.out, model=model, device=args.device or "auto",
         workers=args.workers, batch_size=args.batch_size or 1, flag_grade=args.flag_grade or 2,
         limit=args.limit, dask=args.dask, progress=progress, all_series=args.all_series,
         ignore_age=args.ignore_age, timeout_s=args.timeout_s,
+        max_slice_mm=getattr(args, "max_slice_mm", None),
     )
     for line in summary.lines():
         print(line)

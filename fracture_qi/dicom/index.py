@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from fracture_qi.dicom.headers import FileHeader, FileProblem, dicomdir_files
 from fracture_qi.dicom.reasons import EXCLUSIONS, ReasonCode
 from fracture_qi.dicom.scan import (
+    MAX_SLICE_MM,
     ScanResult,
     SeriesHeader,
     assemble,
@@ -337,6 +338,7 @@ def index_folder(
     workers: int = 1,
     progress: bool = False,
     rescan: bool = False,
+    max_slice_mm: float | None = None,
 ) -> IndexSummary:
     """Scan a folder tree and record what it holds in the database.
 
@@ -359,6 +361,9 @@ def index_folder(
     rescan
         Re-read every file, not only new ones, and decide eligibility and the chosen series
         again (``fracture-qi index --rebuild-choice``).
+    max_slice_mm
+        Coarsest slice step screened (``SLICE_TOO_THICK`` beyond it; default
+        :data:`fracture_qi.dicom.scan.MAX_SLICE_MM`, manifest ``screening.max_slice_mm``).
 
     Returns
     -------
@@ -400,7 +405,8 @@ def index_folder(
     rebuilt = {r.path for r in records if isinstance(r, FileHeader)}
     sops = {k: v for k, v in known_sops.items() if v not in rebuilt}
     studies = {k: v for k, v in known_studies.items() if v[0] not in touched}
-    result = assemble(records, known_sops=sops, known_studies=studies)
+    result = assemble(records, known_sops=sops, known_studies=studies,
+                      max_slice_mm=MAX_SLICE_MM if max_slice_mm is None else max_slice_mm)
     result.n_files = len(files)
     summary = _persist(result, engine, secret, source_name=source_name, site=site,
                        n_new_files=len(new_files))
@@ -410,6 +416,16 @@ def index_folder(
     log.info("index of %s: %d files (%d new), %d series in %.1f s", path, len(files),
              len(new_files), summary.n_series, summary.seconds)
     return summary
+
+
+def manifest_max_slice_mm(manifest: Any) -> float:
+    """The manifest's ``screening.max_slice_mm`` (default
+    :data:`fracture_qi.dicom.scan.MAX_SLICE_MM`, also for manifests without a screening
+    section)."""
+    screening = getattr(manifest, "screening", None)
+    value = (screening.get("max_slice_mm") if isinstance(screening, dict)
+             else getattr(screening, "max_slice_mm", None))
+    return MAX_SLICE_MM if value is None else float(value)
 
 
 def index_sources(
@@ -467,7 +483,8 @@ def index_sources(
     total = IndexSummary(database=engine.url.render_as_string(hide_password=True))
     for src in folder:
         part = index_folder(src.path, engine, secret, source_name=src.name, site=manifest.site,
-                            workers=n_workers, progress=progress, rescan=rescan)
+                            workers=n_workers, progress=progress, rescan=rescan,
+                            max_slice_mm=manifest_max_slice_mm(manifest))
         total.add(part)
     return total
 

@@ -548,7 +548,7 @@ def scan_pacs(source: Any, *, since: dt.date | None = None, until: dt.date | Non
               base: Path | None = None, skip_studies: Iterable[str] = (),
               known_sops: dict[str, str] | None = None,
               known_studies: dict[Any, tuple[str, str]] | None = None,
-              progress: bool = False) -> Any:
+              progress: bool = False, max_slice_mm: float | None = None) -> Any:
     """Query a PACS and decide eligibility and the chosen series, as for a folder.
 
     The result is the same :class:`fracture_qi.dicom.scan.ScanResult` that
@@ -570,13 +570,15 @@ def scan_pacs(source: Any, *, since: dt.date | None = None, until: dt.date | Non
         Passed to :func:`fracture_qi.dicom.scan.assemble` (duplicate detection).
     progress
         A tqdm progress bar over studies.
+    max_slice_mm
+        Coarsest slice step screened (``SLICE_TOO_THICK`` beyond it; default 3 mm).
 
     Returns
     -------
     ScanResult
     """
     from fracture_qi.dicom import headers as hdr
-    from fracture_qi.dicom.scan import assemble
+    from fracture_qi.dicom.scan import MAX_SLICE_MM, assemble
 
     t0 = time.perf_counter()
     name = source.name
@@ -603,7 +605,8 @@ def scan_pacs(source: Any, *, since: dt.date | None = None, until: dt.date | Non
             continue
         for se in series:
             records.extend(_series_records(source, suid, se["series_uid"], base, client))
-    result = assemble(records, known_sops=known_sops, known_studies=known_studies)
+    result = assemble(records, known_sops=known_sops, known_studies=known_studies,
+                      max_slice_mm=MAX_SLICE_MM if max_slice_mm is None else max_slice_mm)
     result.n_files = sum(1 for r in records if not isinstance(r, hdr.FileProblem))
     result.seconds = time.perf_counter() - t0
     logger.info("%s: %d series (%d chosen) from %d studies in %.1f s", name,
@@ -660,7 +663,8 @@ def indexed_studies(engine: Any, source_name: str) -> set[str]:
 
 def index_pacs(source: Any, engine: Any, secret: bytes, *, since: dt.date | None = None,
                until: dt.date | None = None, base: Path | None = None,
-               site: str | None = None, rescan: bool = False, progress: bool = False) -> Any:
+               site: str | None = None, rescan: bool = False, progress: bool = False,
+               max_slice_mm: float | None = None) -> Any:
     """Index a PACS source into the database, as :func:`~fracture_qi.dicom.index.index_folder`
     does for a folder.
 
@@ -686,6 +690,8 @@ def index_pacs(source: Any, engine: Any, secret: bytes, *, since: dt.date | None
         Query every study in range again and re-decide eligibility.
     progress
         A progress bar over studies.
+    max_slice_mm
+        Coarsest slice step screened (manifest ``screening.max_slice_mm``; default 3 mm).
 
     Returns
     -------
@@ -707,7 +713,8 @@ def index_pacs(source: Any, engine: Any, secret: bytes, *, since: dt.date | None
         known_studies = {k: v for k, v in known_studies.items() if not v[1].startswith(mine)}
     skip = set() if rescan else indexed_studies(engine, source.name)
     result = scan_pacs(source, since=since, until=until, base=base, skip_studies=skip,
-                       known_sops=known_sops, known_studies=known_studies, progress=progress)
+                       known_sops=known_sops, known_studies=known_studies, progress=progress,
+                       max_slice_mm=max_slice_mm)
     summary = idx._persist(result, engine, secret, source_name=source.name, site=site,
                            n_new_files=result.n_files)
     summary.sources = [source.name]
@@ -725,7 +732,7 @@ def index_pacs_sources(manifest: Any, engine: Any, *, since: dt.date | None = No
     The hook for ``fracture-qi index``: call it after
     :func:`fracture_qi.dicom.index.index_sources` (which indexes the folder sources).
     """
-    from fracture_qi.dicom.index import IndexSummary
+    from fracture_qi.dicom.index import IndexSummary, manifest_max_slice_mm
 
     secret = manifest.secret()
     base = manifest.base
@@ -737,5 +744,6 @@ def index_pacs_sources(manifest: Any, engine: Any, *, since: dt.date | None = No
             continue
         total.add(index_pacs(src, engine, secret, since=since, until=until, base=base,
                              site=getattr(manifest, "site", None), rescan=rescan,
-                             progress=progress))
+                             progress=progress,
+                             max_slice_mm=manifest_max_slice_mm(manifest)))
     return total

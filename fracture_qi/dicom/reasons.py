@@ -41,6 +41,9 @@ class ReasonCode(str, Enum):
     """Eligible, but another series of the same study was chosen for screening."""
     DUPLICATE_STUDY = "DUPLICATE_STUDY"
     """The same study (or series) was received again; the first copy is kept."""
+    SLICE_TOO_THICK = "SLICE_TOO_THICK"
+    """The series' slice spacing/thickness is coarser than the screener can measure (default
+    3 mm); a thinner reconstruction is needed."""
 
     # --- volume assembly --------------------------------------------------------------------
     MISSING_RESCALE = "MISSING_RESCALE"
@@ -97,6 +100,7 @@ EXCLUSIONS = frozenset(
         ReasonCode.NOT_AXIAL,
         ReasonCode.NOT_CHOSEN,
         ReasonCode.DUPLICATE_STUDY,
+        ReasonCode.SLICE_TOO_THICK,
         ReasonCode.DICOMDIR,
         ReasonCode.NO_PIXEL_DATA,
     }

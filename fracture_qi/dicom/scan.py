@@ -20,6 +20,9 @@ full rules):
 9. ``MISSING_RESCALE``, ``PIXEL_DATA_LENGTH``, ``INCONSISTENT_MATRIX``, ``MULTIFRAME``.
 10. From ImagePositionPatient: ``DUPLICATE_POSITION``, ``GANTRY_TILT``, ``SLICE_GAP``,
     ``UNEVEN_SPACING`` (see :func:`position_problems`).
+11. ``SLICE_TOO_THICK``: the slice spacing (from positions, else SpacingBetweenSlices, else
+    SliceThickness) exceeds ``max_slice_mm`` (:data:`MAX_SLICE_MM`, 3 mm by default): too
+    coarse to measure vertebral heights (see :func:`slice_step_mm`).
 
 Then one series per study is chosen among the eligible ones (:func:`choose_series`), the
 others get ``NOT_CHOSEN``. A study whose accession number, patient and date repeat those of a
@@ -72,6 +75,10 @@ TILT_TOL_DEG = 0.5
 SPACING_REL_TOL = 0.1
 #: "thin" slices for the chooser (mm)
 THIN_MM = 3.0
+#: coarsest slice spacing (mm) screened by default (manifest ``screening.max_slice_mm``)
+MAX_SLICE_MM = 3.0
+#: rounding slack (mm) so that a 3 mm series whose positions give 3.0004 mm stays in
+SLICE_TOL_MM = 0.01
 #: files per task when reading headers in a process pool
 CHUNK_FILES = 256
 
@@ -465,8 +472,30 @@ def position_problems(
     return None
 
 
+def slice_step_mm(s: SeriesHeader) -> float | None:
+    """The z step of a series in mm: the spacing from positions (or SpacingBetweenSlices,
+    which :func:`build_series` puts in ``slice_spacing``), else SliceThickness; None when no
+    header says.
+
+    Examples
+    --------
+    >>> slice_step_mm(SeriesHeader("1", "1.1", "/x", slice_thickness=5.0, slice_spacing=2.5))
+    2.5
+    >>> slice_step_mm(SeriesHeader("1", "1.1", "/x", slice_thickness=5.0))
+    5.0
+    """
+    for v in (s.slice_spacing, s.slice_thickness):
+        if v is not None and v > 0:
+            return float(v)
+    return None
+
+
 def eligibility(
-    s: SeriesHeader, headers: Sequence[FileHeader] = (), *, ignore_age: bool = False
+    s: SeriesHeader,
+    headers: Sequence[FileHeader] = (),
+    *,
+    ignore_age: bool = False,
+    max_slice_mm: float = MAX_SLICE_MM,
 ) -> None:
     """Set ``s.status``/``s.reason``/``s.detail`` by the rules in the module docstring.
 
@@ -474,7 +503,8 @@ def eligibility(
     SeriesHeader holds is checked (a SeriesHeader built from a PACS query, for instance).
     *ignore_age* skips the age rules (``AGE_UNKNOWN``, ``AGE_UNDER_50``): for research and
     validation folders whose ages were removed, never for the audit; the skip is noted in
-    ``detail``.
+    ``detail``. *max_slice_mm* is the coarsest slice step screened (``SLICE_TOO_THICK``
+    beyond it).
     """
     s.status, s.reason, s.detail, s.chosen = "ok", None, s.notes, False
     s.age_years = age_years(s.patient_age, s.birth_date, s.study_date)
@@ -558,6 +588,15 @@ def eligibility(
         if prob is not None:
             s.set_reason(*prob)
             return
+    step = slice_step_mm(s)
+    if step is not None and step > max_slice_mm + SLICE_TOL_MM:
+        s.set_reason(
+            ReasonCode.SLICE_TOO_THICK,
+            f"slice spacing {step:.2f} mm (thickness {s.slice_thickness or step:.2f} mm) exceeds "
+            f"{max_slice_mm:g} mm: heights cannot be measured for Genant grading. Fix: send a "
+            f"thinner (<= {max_slice_mm:g} mm) reconstruction of this study",
+        )
+        return
 
 
 _BONE_KERNEL = re.compile(
@@ -795,6 +834,7 @@ def assemble(
     known_sops: dict[str, str] | None = None,
     known_studies: dict[tuple[str, str, str], tuple[str, str]] | None = None,
     ignore_age: bool = False,
+    max_slice_mm: float = MAX_SLICE_MM,
 ) -> ScanResult:
     """Group header records into series, apply eligibility and choose one series per study.
 
@@ -810,6 +850,9 @@ def assemble(
         the same examination arriving later under a new StudyInstanceUID is a duplicate.
     ignore_age
         Skip the age rules (see :func:`eligibility`); research/validation folders only.
+    max_slice_mm
+        Coarsest slice step screened (``SLICE_TOO_THICK`` beyond it; manifest
+        ``screening.max_slice_mm``).
 
     Returns
     -------
@@ -840,7 +883,7 @@ def assemble(
         if s.coercions:  # once per series, not per file
             log.warning("series in %s (%d files) read leniently: %s", s.folder, len(hdrs),
                         "; ".join(s.coercions))
-        eligibility(s, kept, ignore_age=ignore_age)
+        eligibility(s, kept, ignore_age=ignore_age, max_slice_mm=max_slice_mm)
         by_study[study_uid].append(s)
     seen_studies: dict[tuple[str, str, str], tuple[str, str]] = dict(known_studies or {})
     for study_uid in sorted(by_study, key=lambda u: (min(x.folder for x in by_study[u]), u)):
@@ -848,7 +891,9 @@ def assemble(
         key = _study_key(series[0])
         if key is not None and key in seen_studies and seen_studies[key][0] != study_uid:
             for s in series:
-                if s.status == "ok":
+                # a re-sent study is a duplicate whatever its slices: the study-level reason
+                # explains it better than SLICE_TOO_THICK
+                if s.status == "ok" or s.reason == ReasonCode.SLICE_TOO_THICK.value:
                     s.set_reason(
                         ReasonCode.DUPLICATE_STUDY,
                         f"same patient, accession number and date as the study in "
@@ -871,6 +916,7 @@ def scan_paths(
     known_sops: dict[str, str] | None = None,
     strict: bool = False,
     ignore_age: bool = False,
+    max_slice_mm: float = MAX_SLICE_MM,
 ) -> ScanResult:
     """Find every CT series under *paths* and decide what to screen; no database.
 
@@ -891,6 +937,8 @@ def scan_paths(
     ignore_age
         Skip the age rules (``AGE_UNKNOWN``, ``AGE_UNDER_50``): for research and validation
         folders whose ages were removed; never used by the audit pipeline.
+    max_slice_mm
+        Coarsest slice step screened (``SLICE_TOO_THICK`` beyond it).
 
     Returns
     -------
@@ -919,7 +967,8 @@ def scan_paths(
                     seen.add(real)
                     files.append(g)
     records = read_headers(files, workers=workers, progress=progress, strict=strict)
-    result = assemble(records, known_sops=known_sops, ignore_age=ignore_age)
+    result = assemble(records, known_sops=known_sops, ignore_age=ignore_age,
+                      max_slice_mm=max_slice_mm)
     result.n_files = len(files)
     result.seconds = time.perf_counter() - t0
     log.info(

@@ -827,6 +827,7 @@ def run_screening(
             device=_pick(device, settings, "device", "auto"),
             flag_grade=_pick(flag_grade, settings, "flag_grade", 2),
             low_density_hu=settings.get("low_density_hu"),
+            max_slice_mm=settings.get("max_slice_mm"),
         )
     if jobs is None:
         from fracture_qi.dicom.index import chosen_series
@@ -940,6 +941,7 @@ def screen_paths(
     all_series: bool = False,
     ignore_age: bool = False,
     timeout_s: float | None = None,
+    max_slice_mm: float | None = None,
 ) -> RunSummary:
     """Screen DICOM files/folders directly (no database) into ``out_dir``.
 
@@ -964,6 +966,9 @@ def screen_paths(
         and validation folders); never used by the audit pipeline.
     timeout_s
         Per-series decode limit in the worker processes (``TIMEOUT`` beyond it).
+    max_slice_mm
+        Coarsest slice spacing screened (default 3 mm): thicker series are excluded with
+        ``SLICE_TOO_THICK``, and a reference screener built here gets the same limit.
 
     Returns
     -------
@@ -974,7 +979,7 @@ def screen_paths(
     ScreeningError
         When no path exists (nothing at all to read).
     """
-    from fracture_qi.dicom.scan import scan_paths
+    from fracture_qi.dicom.scan import MAX_SLICE_MM, scan_paths
     from fracture_qi.screening.models import load_model
     from fracture_qi.screening.results import CsvSink
 
@@ -987,10 +992,11 @@ def screen_paths(
     for m in missing:
         log.warning("%s does not exist; skipped", m)
     if model is None or isinstance(model, (str, Path, dict)):
-        model = load_model(model, device=device, flag_grade=flag_grade)
+        model = load_model(model, device=device, flag_grade=flag_grade, max_slice_mm=max_slice_mm)
+    slice_limit = MAX_SLICE_MM if max_slice_mm is None else float(max_slice_mm)
     scan_workers = max(1, workers if workers is not None else default_workers())
     scan = scan_paths([p for p in paths if Path(p).exists()], workers=scan_workers,
-                      progress=progress, ignore_age=ignore_age)
+                      progress=progress, ignore_age=ignore_age, max_slice_mm=slice_limit)
     sink = CsvSink(out_dir)
     summary = RunSummary(model_id=model.model_id, model_version=model.model_version,
                          device=model_device(model), out_dir=str(Path(out_dir).resolve()),

@@ -23,7 +23,7 @@ import math
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -784,6 +784,7 @@ def load_model(
     device: str | None = None,
     flag_grade: int | None = None,
     low_density_hu: float | None = None,
+    max_slice_mm: float | None = None,
 ) -> Any:
     """Build the screening model a manifest (or a command line) asks for.
 
@@ -796,6 +797,10 @@ def load_model(
         The manifest's folder, for relative paths.
     device, flag_grade, low_density_hu
         Overrides of the manifest's screening settings.
+    max_slice_mm
+        The reference screener's coarsest graded z spacing (``SLICE_TOO_THICK`` beyond it);
+        kept in the spec's options so that a Dask worker rebuilds the same screener. Other
+        kinds ignore it (the index already excludes thicker series).
 
     Returns
     -------
@@ -810,6 +815,8 @@ def load_model(
     """
     spec = resolve_spec(model, base=base, device=device, flag_grade=flag_grade,
                         low_density_hu=low_density_hu)
+    if spec.kind == "reference" and max_slice_mm is not None:
+        spec = replace(spec, options={**spec.options, "max_slice_mm": float(max_slice_mm)})
     if spec.kind == "reference":
         built = _reference(spec)
     elif spec.kind == "torchscript":

@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 __version__ = "0.4.0"
 
+#: coarsest z spacing (mm) graded; thicker volumes come back as SLICE_TOO_THICK
+MAX_SLICE_MM = 3.0
+
 #: levels searched for bone density, nearest to L1 first
 DENSITY_ORDER = ("L1", "L2", "T12", "L3", "T11", "L4")
 
@@ -64,6 +67,13 @@ class ReferenceScreener:
         osteoporosis, ANATOMY.md 3a).
     keyimage
         Render the key image (turn off for pure accuracy runs).
+    max_slice_mm
+        Volumes whose z spacing exceeds this (mm) are not graded: they come back as
+        ``status="error"``, ``reason=SLICE_TOO_THICK``. At 5 mm a 20 mm body spans four
+        slices, too coarse for the ~2 mm height loss a Genant grade rests on (on the synthetic
+        demo 59% of fracture-free 5 mm studies were flagged). The index excludes such series
+        first (:func:`fracture_qi.dicom.scan.eligibility`); this guard covers volumes that
+        reach the screener directly.
 
     Examples
     --------
@@ -82,9 +92,13 @@ class ReferenceScreener:
         flag_grade: int = 2,
         low_density_hu: float = 110.0,
         keyimage: bool = True,
+        max_slice_mm: float = MAX_SLICE_MM,
     ) -> None:
         if flag_grade not in (1, 2, 3):
             raise ValueError(f"flag_grade must be 1, 2 or 3; got {flag_grade!r}")
+        if not max_slice_mm > 0:
+            raise ValueError(f"max_slice_mm must be a positive number of mm; got {max_slice_mm!r}")
+        self.max_slice_mm = float(max_slice_mm)
         self.device = pick_device(device)
         self.flag_grade = int(flag_grade)
         self.low_density_hu = float(low_density_hu)
@@ -94,7 +108,7 @@ class ReferenceScreener:
     def __repr__(self) -> str:
         return (
             f"ReferenceScreener(device={str(self.device)!r}, flag_grade={self.flag_grade}, "
-            f"low_density_hu={self.low_density_hu})"
+            f"low_density_hu={self.low_density_hu}, max_slice_mm={self.max_slice_mm})"
         )
 
     # -- public API ---------------------------------------------------------------------------
@@ -111,7 +125,8 @@ class ReferenceScreener:
         -------
         SeriesResult
             ``status="error"``, ``reason=NO_VERTEBRAE`` when no spine or no measurable body is
-            in view; otherwise per-vertebra results, the flag, the study score (the highest
+            in view; ``reason=SLICE_TOO_THICK`` (nothing graded) when the z spacing exceeds
+            ``max_slice_mm``; otherwise per-vertebra results, the flag, the study score (the highest
             vertebra score), L1 density and the key image.
         """
         t0 = time.perf_counter()
@@ -146,6 +161,15 @@ class ReferenceScreener:
         return SeriesResult(status="error", reason=ReasonCode.NO_VERTEBRAE.value, detail=detail)
 
     def _screen(self, volume: CTVolume) -> SeriesResult:
+        dz = float(volume.spacing[0])
+        # tolerance: a 3.0 mm series stored as 3.0000001 is still 3 mm
+        if dz > self.max_slice_mm + 1e-3:
+            return SeriesResult(
+                status="error", reason=ReasonCode.SLICE_TOO_THICK.value,
+                detail=(f"slice spacing {dz:.2f} mm exceeds {self.max_slice_mm:g} mm: vertebral "
+                        "heights cannot be measured to the ~2 mm a Genant grade needs. Fix: "
+                        f"screen a thinner (<= {self.max_slice_mm:g} mm) reconstruction"),
+            )
         if min(volume.extent_mm) < 20.0 or volume.shape[0] < 3:
             return self._error(
                 f"volume of {volume.shape} voxels ({volume.extent_mm[0]:.0f} mm long) is too small "

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fracture_qi.dicom.scan import MAX_SLICE_MM
 from fracture_qi.errors import FractureQIError
 from fracture_qi.synth import priors
 from fracture_qi.synth.dicomio import (
@@ -55,6 +56,9 @@ STUDY_END = dt.date(2025, 12, 31)
 EXTRACT_DATE = dt.date(2026, 6, 30)
 
 PROTOCOL_MIX = {"chest": 0.30, "abdomen_pelvis": 0.35, "cap": 0.25, "head": 0.10}
+#: share of studies that also carry a thin (<= 3 mm) bone reconstruction: a modern PACS keeps
+#: one for most trunk CT (the 5 mm soft series alone cannot be graded: SLICE_TOO_THICK)
+THIN_SERIES_RATE = {"trunk": 0.85, "head": 0.4}
 REFERRAL_MIX = {"emergency": 0.35, "inpatient": 0.30, "outpatient": 0.25, "gp": 0.10}
 CONTRAST_MIX = {
     "chest": {"none": 0.4, "arterial": 0.2, "portal_venous": 0.4},
@@ -205,7 +209,8 @@ def _plan_series(rng: np.random.Generator, st: StudyPlan, fast: bool, seed: int,
     lo_b, hi_b = priors.NOISE_SD_1MM["bone"]
     sd5 = float(rng.uniform(lo_s, hi_s)) / math.sqrt(5.0)
     add("axial", "soft", 5.0, "Brain 5mm" if head else "Axial 5mm soft tissue", sd5)
-    if rng.random() < (0.4 if head else 0.6):
+    # one draw whatever the rate, so the rest of the plan keeps its random stream
+    if rng.random() < THIN_SERIES_RATE["head" if head else "trunk"]:
         thin = st.base_dz
         sdb = float(rng.uniform(lo_b, hi_b)) / math.sqrt(thin)
         add("axial", "bone", thin, f"Axial {thin:g}mm bone", sdb)
@@ -353,13 +358,18 @@ def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan
     return plans
 
 
+def _has_thin_axial(st: StudyPlan) -> bool:
+    """Whether the study holds an axial series the screener can grade (<= MAX_SLICE_MM)."""
+    return any(se.kind == "axial" and se.thickness <= MAX_SLICE_MM for se in st.series)
+
+
 def _mark_duplicate(plans: list[PatientPlan]) -> None:
     """Choose one eligible study to be 're-sent' (its 5 mm series copied to a second folder)."""
     if len(plans) < 5:
         return
     for p in plans[len(plans) // 3 :] + plans[: len(plans) // 3]:
         for st in p.studies:
-            if st.age_years >= 50 and st.protocol != "head":
+            if st.age_years >= 50 and st.protocol != "head" and _has_thin_axial(st):
                 st.duplicate_of = f"dicom/RESEND/{p.patient_id}_{st.accession}"
                 return
 
@@ -604,6 +614,9 @@ def truth_tables(plans: list[PatientPlan]) -> dict[str, pd.DataFrame]:
             head = st.protocol == "head"
             reason = "AGE_UNDER_50" if st.age_years < 50 else ("NO_SPINE_IN_VIEW" if head else "")
             axial = [se for se in st.series if se.kind == "axial"]
+            # the index's order: age and field of view first, then slice thickness
+            if not reason and not _has_thin_axial(st):
+                reason = "SLICE_TOO_THICK"
             thinnest = min(axial, key=lambda se: (se.thickness, se.kernel_class != "bone"))
             base = {
                 "study_instance_uid": st.study_uid,
@@ -654,8 +667,19 @@ def truth_tables(plans: list[PatientPlan]) -> dict[str, pd.DataFrame]:
                     "n_files": se.n_files or expected_files(grid, se),
                     "thinnest_axial": int(se is thinnest),
                 }
+                too_thick = (
+                    "SLICE_TOO_THICK"
+                    if se.kind == "axial" and se.thickness > MAX_SLICE_MM
+                    and reason in ("", "SLICE_TOO_THICK")
+                    else ""
+                )
                 series.append(
-                    {**row, "copy": 1, "folder": se.folder, "expected_reason": intrinsic or reason}
+                    {
+                        **row,
+                        "copy": 1,
+                        "folder": se.folder,
+                        "expected_reason": intrinsic or too_thick or reason,
+                    }
                 )
                 if st.duplicate_of and se is axial[0]:
                     series.append(
