@@ -265,3 +265,19 @@ def test_kappa_equals_qi_agreement() -> None:
         nurse = [1] * tp + [0] * fp + [1] * fn + [0] * tn
         want = kappa(ai, nurse, categories=[0, 1]).kappa
         assert V._kappa(tp, fp, fn, tn) == pytest.approx(want, abs=1e-12), (tp, fp, fn, tn)
+
+
+@pytest.mark.parametrize("preheat", [False, True])
+def test_cli_preheat_is_opt_in(site, monkeypatch, preheat: bool) -> None:  # type: ignore[no-untyped-def]
+    import fracture_qi.serve as serve
+    from fracture_qi.cli.main import main
+
+    manifest, _ = site
+    seen: dict = {}
+    monkeypatch.setattr(serve, "serve_notebook",
+                        lambda nb, **kw: seen.update(kw, notebook=nb) or 0)
+    argv = ["dashboard", "--manifest", str(manifest), "--no-warm"] + (["--preheat"] if preheat else [])
+    assert main(argv) == 0
+    assert tuple(seen["extra_args"]) == (serve.PREHEAT_ARGS if preheat else ())
+    cmd = serve.voila_command(seen["notebook"], port=8866, extra_args=seen["extra_args"])
+    assert ("--preheat_kernel=True" in cmd) is preheat

@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--refresh", action="store_true",
                    help="rebuild the aggregate cube from the database even if a cached one matches")
     p.add_argument("--open", action="store_true", help="open the page in a local browser")
+    p.add_argument("--preheat", action="store_true",
+                   help="keep one kernel pre-heated so the page opens in a few seconds; each "
+                        "page then shows the data as of when its kernel started")
     p.set_defaults(func=run)
 
 
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from fracture_qi.errors import ConfigError
-    from fracture_qi.serve import ENV_MANIFEST, check_bind, serve_notebook
+    from fracture_qi.serve import ENV_MANIFEST, PREHEAT_ARGS, check_bind, serve_notebook
 
     check_bind(args.host, args.token)  # refuse an unsafe bind before any work
     if args.change_date:
@@ -83,4 +86,5 @@ def run(args: argparse.Namespace) -> int:
         "FRACTURE_QI_CHANGE_DATE": args.change_date,
     }
     return serve_notebook(notebook, port=args.port, host=args.host, token=args.token, env=env,
-                          open_browser=args.open)
+                          open_browser=args.open,
+                          extra_args=PREHEAT_ARGS if args.preheat else ())
