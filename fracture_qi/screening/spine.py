@@ -59,17 +59,18 @@ class CoarseGrid:
     Attributes
     ----------
     bone_max
-        Max HU of each block (float32 tensor, (Zc, Yc, Xc)); keeps thin cortex visible.
+        Max HU of each block (int16 array on the host, (Zc, Yc, Xc)); keeps thin cortex
+        visible.
     centre
-        HU of the centre voxel of each block (float32 tensor); for soft-tissue tests.
+        HU of the centre voxel of each block (int16 array on the host); for soft-tissue tests.
     spacing
         Block size in mm (z, y, x).
     offset
         Grid mm of the centre of block ``[0, 0, 0]`` (z, y, x).
     """
 
-    bone_max: torch.Tensor
-    centre: torch.Tensor
+    bone_max: np.ndarray
+    centre: np.ndarray
     spacing: tuple[float, float, float]
     offset: tuple[float, float, float]
 
@@ -78,11 +79,48 @@ class CoarseGrid:
         return self.offset[axis] + np.asarray(k) * self.spacing[axis]
 
 
+def _block_max_int16(a: np.ndarray, steps: list[int]) -> np.ndarray:
+    """Block maximum of an int16 volume whose shape is a multiple of ``steps`` (CPU path).
+
+    One z-block (a few slices, ~1.5 MB) at a time, so that the three reductions run on data
+    still in cache; each is a chain of SIMD ``np.maximum`` calls writing into a preallocated
+    buffer. About twice as fast as reducing the whole volume axis by axis (measured on a
+    512x512x400 series: 37 ms against 63 ms on one core), and it never allocates a copy of
+    the volume.
+    """
+    kz, ky, kx = steps
+    nz, ny, nx = a.shape[0] // kz, a.shape[1] // ky, a.shape[2] // kx
+    out = np.empty((nz, ny, nx), dtype=a.dtype)
+    zbuf = np.empty((ny * ky, nx * kx), dtype=a.dtype)
+    ybuf = np.empty((ny, nx * kx), dtype=a.dtype)
+    for i in range(nz):  # loop over z-blocks (~130), not voxels
+        blk = a[i * kz : (i + 1) * kz]
+        zmax = blk[0]
+        if kz > 1:
+            zmax = zbuf
+            np.maximum(blk[0], blk[1], out=zbuf)
+            for k in range(2, kz):
+                np.maximum(zbuf, blk[k], out=zbuf)
+        rows = zmax.reshape(ny, ky, nx * kx)
+        ybuf[...] = rows[:, 0]
+        for k in range(1, ky):
+            np.maximum(ybuf, rows[:, k], out=ybuf)
+        cols = ybuf.reshape(ny, nx, kx)
+        o = out[i]
+        o[...] = cols[..., 0]
+        for k in range(1, kx):
+            np.maximum(o, cols[..., k], out=o)
+    return out
+
+
 def coarse_grid(volume: CTVolume, device: torch.device, target_mm: float = COARSE_MM) -> CoarseGrid:
     """Block-reduce ``volume`` to about ``target_mm`` voxels without a float copy of it all.
 
-    The block maximum is taken on the int16 data (one pass, no conversion), the soft-tissue
-    image is a strided view; only the reduced arrays become float32.
+    The block maximum is the one pass over every voxel: on the int16 data, on the device (a
+    torch reduction on a GPU, a cache-blocked numpy reduction on the CPU). The result (~2 M
+    voxels for a 512 x 512 x 400 series) comes back to the host, where the canal search runs:
+    at that size numpy's element-wise steps cost less than the kernel launches (GPU) or torch's
+    CPU kernels (about 10x slower than numpy's for comparisons, measured).
     """
     hu = volume.hu
     steps = [max(1, int(round(target_mm / s))) for s in volume.spacing]
@@ -90,25 +128,12 @@ def coarse_grid(volume: CTVolume, device: torch.device, target_mm: float = COARS
     n = [hu.shape[i] // steps[i] for i in range(3)]
     sub = hu[: n[0] * steps[0], : n[1] * steps[1], : n[2] * steps[2]]
     if device.type == "cpu":
-        # numpy's int16 maximum is SIMD; reduce along z first (contiguous slices), then y, x
-        m = sub
-        for axis, k in enumerate(steps):
-            sl = [slice(None)] * 3
-            parts = []
-            for o in range(k):
-                sl[axis] = slice(o, None, k)
-                parts.append(m[tuple(sl)])
-            acc = parts[0]
-            for q in parts[1:]:
-                acc = np.maximum(acc, q)
-            m = acc
-        bone_max = torch.from_numpy(np.ascontiguousarray(m)).float()
+        bone_max = _block_max_int16(sub, steps)
     else:
         t = torch.from_numpy(np.ascontiguousarray(sub)).to(device)
-        bone_max = t.view(n[0], steps[0], n[1], steps[1], n[2], steps[2]).amax(dim=(1, 3, 5)).float()
+        bone_max = t.view(n[0], steps[0], n[1], steps[1], n[2], steps[2]).amax(dim=(1, 3, 5)).cpu().numpy()
     c = sub[steps[0] // 2 :: steps[0], steps[1] // 2 :: steps[1], steps[2] // 2 :: steps[2]]
-    centre = torch.from_numpy(np.ascontiguousarray(c)).to(device).float()
-    bone_max = bone_max.to(device)
+    centre = np.ascontiguousarray(c)
     spacing = tuple(float(volume.spacing[i] * steps[i]) for i in range(3))
     offset = tuple(float(volume.spacing[i] * (steps[i] - 1) / 2.0) for i in range(3))
     return CoarseGrid(bone_max, centre, spacing, offset)  # type: ignore[arg-type]
@@ -148,60 +173,83 @@ class CanalPath:
         return float(self.z_mm[-1] - self.z_mm[0]) if len(self.z_mm) else 0.0
 
 
-def _window_sum(t: torch.Tensor, dim: int, a: int, b: int) -> torch.Tensor:
-    """Sum of ``t`` over offsets ``a..b`` (``a <= b``) along ``dim``, zero beyond the edges.
+def _shifted(a: np.ndarray, axis: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Views ``(dst, src)`` such that ``dst[i] = a[i + k]`` along ``axis`` where both exist."""
+    n = a.shape[axis]
+    dst = [slice(None)] * a.ndim
+    src = [slice(None)] * a.ndim
+    dst[axis], src[axis] = (slice(0, n - k), slice(k, n)) if k >= 0 else (slice(-k, n), slice(0, n + k))
+    return a[tuple(dst)], a[tuple(src)]
 
-    A cumulative sum and two shifted slices: linear in the volume whatever the window, and
-    much faster on CPU than pooling kernels with long thin windows.
+
+def _window_sum(a: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
+    """Sum of ``a`` over offsets ``lo..hi`` (``lo <= hi``) along ``axis``, zero beyond the edges.
+
+    One in-place add of a shifted view per offset: the windows here are short (3-9 coarse
+    voxels), and shifted adds are several times faster than a cumulative sum along an outer
+    axis (and need no padded copy).
     """
-    n = t.shape[dim]
-    p = max(abs(a), abs(b)) + 1
-    shape = list(t.shape)
-    shape[dim] = p
-    z = torch.zeros(shape, dtype=t.dtype, device=t.device)
-    c = torch.cat([z, t, z], dim=dim).cumsum(dim)  # c[j] = sum(t[.. j - p])
-    # sum(t[i+a .. i+b]) = c[i+b+p] - c[i+a+p-1]
-    return c.narrow(dim, b + p, n) - c.narrow(dim, a + p - 1, n)
+    n = a.shape[axis]
+    out = a.copy() if lo <= 0 <= hi else np.zeros_like(a)
+    for k in range(lo, hi + 1):  # loop over window offsets, not voxels
+        if k == 0 or abs(k) >= n:
+            continue
+        dst, _ = _shifted(out, axis, k)
+        dst += _shifted(a, axis, k)[1]
+    return out
 
 
-def _shift_max(mask: torch.Tensor, dim: int, lo: int, hi: int) -> torch.Tensor:
-    """For a 0/1 ``mask``: 1 where any voxel at offsets ``lo..hi`` (signed) along ``dim`` is 1."""
+def _shift_max(mask: np.ndarray, axis: int, lo: int, hi: int) -> np.ndarray:
+    """For a boolean ``mask``: True where any voxel at offsets ``lo..hi`` (signed) along
+    ``axis`` is True."""
     a, b = (lo, hi) if lo <= hi else (hi, lo)
-    return (_window_sum(mask, dim, a, b) > 0.5).to(mask.dtype)
+    out = np.zeros_like(mask)
+    n = mask.shape[axis]
+    for k in range(a, b + 1):
+        if abs(k) >= n:
+            continue
+        dst, _ = _shifted(out, axis, k)
+        dst |= _shifted(mask, axis, k)[1]
+    return out
 
 
-def _box_mean(t: torch.Tensor, dim: int, radius: int) -> torch.Tensor:
-    """Mean over a centred window of ``2*radius+1`` along ``dim`` (only samples inside count)."""
+def _box_mean(a: np.ndarray, axis: int, radius: int) -> np.ndarray:
+    """Mean over a centred window of ``2*radius+1`` along ``axis`` (only samples inside count)."""
     if radius <= 0:
-        return t
-    ones = torch.ones(t.shape[dim], dtype=t.dtype, device=t.device)
-    view = [1] * t.dim()
-    view[dim] = -1
-    count = _window_sum(ones.view(view).expand_as(t).contiguous(), dim, -radius, radius)
-    return _window_sum(t, dim, -radius, radius) / count
+        return a
+    n = a.shape[axis]
+    idx = np.arange(n)
+    count = (np.minimum(idx + radius, n - 1) - np.maximum(idx - radius, 0) + 1).astype(a.dtype)
+    view = [1] * a.ndim
+    view[axis] = -1
+    out = _window_sum(a, axis, -radius, radius)
+    out /= count.reshape(view)
+    return out
 
 
-def canal_evidence(grid: CoarseGrid) -> torch.Tensor:
-    """Per coarse voxel, 0..1 evidence that it is the centre of the spinal canal.
+def canal_evidence(grid: CoarseGrid) -> np.ndarray:
+    """Per coarse voxel, 0..1 evidence (float32) that it is the centre of the spinal canal.
 
     A canal voxel is soft tissue (no bone in its block) with bone within 4-20 mm anteriorly
     (vertebral body), posteriorly (laminae, spinous process) and to either side (pedicles);
     three of the four suffice, because discs interrupt the front and interlaminar gaps the back.
     """
     dz, dy, dx = grid.spacing
-    bone = (grid.bone_max > BONE_HU).float()
-    soft = ((grid.centre > SOFT_HU[0]) & (grid.centre < SOFT_HU[1]) & (grid.bone_max < BONE_HU)).float()
+    bone = grid.bone_max > BONE_HU
+    soft = (grid.centre > SOFT_HU[0]) & (grid.centre < SOFT_HU[1]) & ~bone
     ky0, ky1 = max(1, int(round(4.0 / dy))), max(1, int(math.ceil(20.0 / dy)))
     kx0, kx1 = max(1, int(round(4.0 / dx))), max(1, int(math.ceil(18.0 / dx)))
-    ant = _shift_max(bone, 1, -ky0, -ky1)  # bone at smaller y = anterior
-    post = _shift_max(bone, 1, ky0, ky1)
-    right = _shift_max(bone, 2, -kx0, -kx1)
-    left = _shift_max(bone, 2, kx0, kx1)
-    sides = ant + post + right + left
+    # count the sides bounded by bone: anterior (smaller y), posterior, right, left
+    sides = _shift_max(bone, 1, -ky0, -ky1).astype(np.uint8)
+    sides += _shift_max(bone, 1, ky0, ky1)
+    sides += _shift_max(bone, 2, -kx0, -kx1)
+    sides += _shift_max(bone, 2, kx0, kx1)
     # three or four sides bounded by bone; four is better
-    ev = soft * torch.clamp(sides - 2.0, 0.0, 2.0) / 2.0
-    # no bone exactly at the canal but bone nearby in a ring: reject big soft cavities far
-    # from bone by requiring the nearest bone anteriorly AND posteriorly within the window
+    np.clip(sides, 2, 4, out=sides)
+    sides -= 2
+    ev = sides.astype(np.float32)
+    ev *= np.float32(0.5)
+    ev *= soft
     return ev
 
 
@@ -213,7 +261,7 @@ def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None
     volume
         The CT volume.
     device
-        Torch device for the volume-wide operations.
+        Torch device for the block maximum (see :func:`coarse_grid`).
     grid
         A coarse grid already made by :func:`coarse_grid` (made here when ``None``).
 
@@ -227,22 +275,22 @@ def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None
     zc, yc, xc = grid.bone_max.shape
     ev = canal_evidence(grid)
     # prefer the body's midline: the patient's outline (HU > -400) gives a centroid per slice
-    body = (grid.centre > -400.0).float()
-    xs = torch.arange(xc, device=ev.device, dtype=torch.float32)
-    mass = body.sum(dim=(1, 2)).clamp(min=1.0)
-    cx = (body.sum(dim=1) * xs).sum(dim=1) / mass  # (Zc,)
-    dist_x = (xs[None, :] - cx[:, None]) * dx  # mm
-    prior = torch.exp(-0.5 * (dist_x / 45.0) ** 2)  # scoliosis rarely moves the canal > 45 mm
-    ev = ev * prior[:, None, :]
+    body_x = (grid.centre > -400).sum(axis=1, dtype=np.float32)  # (Zc, Xc)
+    xs = np.arange(xc, dtype=np.float32)
+    mass = np.maximum(body_x.sum(axis=1), np.float32(1.0))
+    cx = (body_x * xs).sum(axis=1) / mass  # (Zc,)
+    dist_x = (xs[None, :] - cx[:, None]) * np.float32(dx)  # mm
+    prior = np.exp(np.float32(-0.5) * (dist_x / np.float32(45.0)) ** 2)  # scoliosis rarely moves the canal > 45 mm
+    ev *= prior[:, None, :]
     # pool along z over ~21 mm: canal evidence persists, chance soft pockets do not
     pooled = _box_mean(ev, 0, max(1, int(round(10.5 / dz))))
     # smooth in-plane a little so the argmax sits at the canal centre, not its edge
     pooled = _box_mean(_box_mean(pooled, 1, 1), 2, 1)
     flat = pooled.reshape(zc, -1)
-    score, idx = flat.max(dim=1)
-    score_np = score.cpu().numpy().astype(np.float64)
-    iy = (idx // xc).cpu().numpy()
-    ix = (idx % xc).cpu().numpy()
+    idx = flat.argmax(axis=1)
+    score_np = flat[np.arange(zc), idx].astype(np.float64)
+    iy = idx // xc
+    ix = idx % xc
     if score_np.max(initial=0.0) <= 0.05:
         return None
     z_mm = np.asarray(grid.to_mm(np.arange(zc), 0), dtype=np.float64)
@@ -254,12 +302,8 @@ def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None
         return None
     # robust: drop positions far from a running median of the valid ones
     vz, vy, vx = z_mm[valid], y_mm[valid], x_mm[valid]
-    keep = np.ones(len(vz), dtype=bool)
     half = max(2, int(round(15.0 / dz)))
-    for i in range(len(vz)):  # loop over slices (~100), not voxels
-        lo, hi = max(0, i - half), min(len(vz), i + half + 1)
-        if abs(vy[i] - np.median(vy[lo:hi])) > 12.0 or abs(vx[i] - np.median(vx[lo:hi])) > 12.0:
-            keep[i] = False
+    keep = (np.abs(vy - _running_median(vy, half)) <= 12.0) & (np.abs(vx - _running_median(vx, half)) <= 12.0)
     vz, vy, vx = vz[keep], vy[keep], vx[keep]
     if len(vz) < 3:
         return None
@@ -276,6 +320,18 @@ def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None
     xs_ = _local_linear(vz, vx, zq, 20.0)
     sc = np.interp(zq, z_mm, score_np / max(ref, 1e-6))
     return CanalPath(z_mm=zq, y_mm=ys, x_mm=xs_, score=np.clip(sc, 0, None))
+
+
+def _running_median(v: np.ndarray, half: int) -> np.ndarray:
+    """Median of ``v[i-half .. i+half]`` (clipped to the array) for each ``i``."""
+    n = len(v)
+    out = np.empty(n, dtype=np.float64)
+    w = 2 * half + 1
+    if n >= w:
+        out[half : n - half] = np.median(np.lib.stride_tricks.sliding_window_view(v, w), axis=1)
+    for i in [*range(min(half, n)), *range(max(half, n - half), n)]:  # the clipped ends
+        out[i] = np.median(v[max(0, i - half) : i + half + 1])
+    return out
 
 
 def _local_linear(x: np.ndarray, y: np.ndarray, xq: np.ndarray, bw: float) -> np.ndarray:
@@ -314,7 +370,11 @@ class SpineSampler:
         lo = np.clip(np.floor(lo_mm / sp).astype(int), 0, shape - 1)
         hi = np.clip(np.ceil(hi_mm / sp).astype(int) + 1, lo + 1, shape)
         crop = volume.hu[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        self.raw = torch.from_numpy(np.ascontiguousarray(crop)).to(device).float()[None, None]
+        if device.type == "cpu":  # numpy's int16 -> float32 conversion is the faster here
+            raw = torch.from_numpy(crop.astype(np.float32))
+        else:  # send int16 (half the bytes), convert on the device
+            raw = torch.from_numpy(np.ascontiguousarray(crop)).to(device).float()
+        self.raw = raw[None, None]
         self.lo = lo
         self.size = np.asarray(crop.shape, dtype=np.float64)
         self.spacing = sp
@@ -348,27 +408,53 @@ class SpineSampler:
         if not requests:
             return []
         denom = np.maximum(self.size - 1, 1)
-        parts, metas = [], []
-        for z, y, x, slab in requests:
-            pts = np.stack([np.ravel(z), np.ravel(y), np.ravel(x)], axis=1) / self.spacing
-            norm = (2.0 * (pts - self.lo) / denom - 1.0).astype(np.float32)[:, ::-1]  # (x, y, z)
-            offs = self.offsets if slab else np.zeros(1)
-            dxn = (2.0 * offs / self.spacing[2] / denom[2]).astype(np.float32)
-            g = np.repeat(norm[None, :, :], len(offs), axis=0)  # (K, N, 3)
-            g[:, :, 0] += dxn[:, None]
-            parts.append(g.reshape(-1, 3))
-            inside = np.all((pts >= -0.5) & (pts <= self.vol_shape - 0.5), axis=1)
-            metas.append((np.shape(z), len(offs), len(pts), inside))
-        grid = torch.from_numpy(np.concatenate(parts, axis=0)).to(self.device)
+        # grid_sample's normalised coordinate of grid mm c along axis i: c * scale[i] + shift[i]
+        scale = 2.0 / (self.spacing * denom)
+        shift = -2.0 * self.lo / denom - 1.0
+        # points within half a voxel of the volume are inside; beyond it they read as air
+        lo_mm = -0.5 * self.spacing
+        hi_mm = (self.vol_shape - 0.5) * self.spacing
+        taps = len(self.offsets)
+        dxn = torch.from_numpy((self.offsets * scale[2]).astype(np.float32)).to(self.device)
+        # two groups, slab (averaged over the taps across x) and single-tap, each a flat run
+        # of points: the arithmetic is done once per group, not once per request
+        groups = [[i for i, r in enumerate(requests) if r[3] and taps > 1],
+                  [i for i, r in enumerate(requests) if not (r[3] and taps > 1)]]
+        grids, metas = [], []
+        for g_idx, idx in enumerate(groups):
+            if not idx:
+                continue
+            axes = [np.concatenate([np.ravel(requests[i][a]) for i in idx]) for a in range(3)]
+            inside = np.ones(len(axes[0]), dtype=bool)
+            for a in range(3):
+                inside &= (axes[a] >= lo_mm[a]) & (axes[a] <= hi_mm[a])
+            # grid_sample wants (x, y, z)
+            pts = np.stack([(axes[a] * scale[a] + shift[a]).astype(np.float32) for a in (2, 1, 0)], axis=1)
+            base = torch.from_numpy(pts).to(self.device)
+            if g_idx == 0:
+                slab = base.unsqueeze(0).repeat(taps, 1, 1)
+                slab[:, :, 0] += dxn[:, None]
+                grids.append(slab.reshape(-1, 3))
+                metas.append((idx, taps, len(pts), inside))
+            else:
+                grids.append(base)
+                metas.append((idx, 1, len(pts), inside))
+        grid = grids[0] if len(grids) == 1 else torch.cat(grids)
         out = F.grid_sample(self.raw, grid[None, None, None], mode="bilinear", padding_mode="border", align_corners=True)
         flat = out.reshape(-1)
-        res: list[np.ndarray] = []
+        res: list[np.ndarray | None] = [None] * len(requests)
         start = 0
-        for shape, k, n, inside in metas:
+        for idx, k, n, inside in metas:
             vals = flat[start : start + k * n].reshape(k, n).mean(dim=0).cpu().numpy()
             start += k * n
-            res.append(np.where(inside, vals, np.float32(-1000.0)).astype(np.float32).reshape(shape))
-        return res
+            vals = np.where(inside, vals, np.float32(-1000.0)).astype(np.float32, copy=False)
+            at = 0
+            for i in idx:
+                z = requests[i][0]
+                m = int(np.size(z))
+                res[i] = vals[at : at + m].reshape(np.shape(z))
+                at += m
+        return res  # type: ignore[return-value]
 
 
 @dataclass
@@ -520,14 +606,24 @@ class BodySpan:
         return 0.5 * (self.s_inf + self.s_sup)
 
 
-def _gauss1d(x: np.ndarray, sigma: float) -> np.ndarray:
+def _gauss1d(x: np.ndarray, sigma: float, axis: int = 0) -> np.ndarray:
+    """Gaussian smoothing (``sigma`` in samples, kernel cut at 3 sigma) along ``axis``, with the
+    edge samples repeated beyond the ends; a 2-D array is smoothed column by column at once."""
     if sigma <= 0:
         return x
     r = int(math.ceil(3 * sigma))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     k /= k.sum()
-    xp = np.pad(x, (r, r), mode="edge")
-    return np.convolve(xp, k, mode="valid")
+    if x.ndim == 1:
+        return np.convolve(np.pad(x, (r, r), mode="edge"), k, mode="valid")
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = np.moveaxis(np.pad(x, pad, mode="edge"), axis, 0)
+    n = x.shape[axis]
+    out = k[0] * xp[:n]
+    for j in range(1, 2 * r + 1):  # loop over kernel taps
+        out = out + k[j] * xp[j : j + n]
+    return np.moveaxis(out, 0, axis)
 
 
 def _running_max(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -769,7 +865,7 @@ def _lateral_runs(
     k1 = int(np.clip(np.ceil((z1 - grid.offset[0]) / dz), k0 + 1, grid.bone_max.shape[0]))
     i0 = int(np.clip(np.floor((yc + y0 - grid.offset[1]) / dy), 0, grid.bone_max.shape[1] - 1))
     i1 = int(np.clip(np.ceil((yc + y1 - grid.offset[1]) / dy), i0 + 1, grid.bone_max.shape[1]))
-    occ = (grid.bone_max[k0:k1, i0:i1] > bone_hu).any(dim=1).any(dim=0).cpu().numpy()
+    occ = (grid.bone_max[k0:k1, i0:i1] > bone_hu).any(axis=(0, 1))
     j = int(np.clip(round((xc - grid.offset[2]) / dx), 0, len(occ) - 1))
     maxgap = max(1, int(round(gap_mm / dx)))
 
