@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -435,6 +436,7 @@ def screen_series(
     prefetch = batch_size if prefetch is None else max(1, int(prefetch))
     bar = tqdm(total=len(job_list), unit="series", desc="screening", disable=not progress,
                smoothing=0.1)
+    stack = ExitStack()
     try:
         if not getattr(model, "needs_pixels", True):
             for job in job_list:
@@ -454,6 +456,7 @@ def screen_series(
         else:
             source = _pool_source(job_list, loader, workers, prefetch, batch_size,
                                   timeout_s=timeout_s)
+            stack.enter_context(_model_threads(model, workers))
         for item in source:
             if isinstance(item, SeriesOutcome):  # a decode failure
                 bar.update(1)
@@ -474,7 +477,35 @@ def screen_series(
                     n_slices=r.decoded.shape[0] if r.decoded.shape else None,
                 )
     finally:
+        stack.close()
         bar.close()
+
+
+@contextmanager
+def _model_threads(model: Any, workers: int) -> Iterator[None]:
+    """While decode workers share this machine's cores with a model on the CPU, let torch's
+    intra-op threads have only the cores the workers leave (at least one).
+
+    Without this, two decode workers and a two-threaded model oversubscribe a 2-core machine:
+    measured on the benchmark series, 0.61-0.65 s a series with two model threads against
+    0.51-0.55 s with one (``benchmarks/screen_speed.py``). A model on a GPU, or a run without
+    torch loaded (vendor results, ONNX), is left alone.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or workers <= 0 or (model_device(model) or "cpu").split(":")[0] != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    want = max(1, (os.cpu_count() or 1) - workers)
+    if want >= before:
+        yield
+        return
+    torch.set_num_threads(want)
+    log.debug("torch threads %d -> %d while %d decode workers run", before, want, workers)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _failed_outcome(job: SeriesJob, f: _Failed) -> SeriesOutcome:

@@ -96,94 +96,122 @@ class BodyMeasurement:
 
 def _edge_candidates(
     s: np.ndarray, sm: np.ndarray, g: np.ndarray, lo: float, hi: float, rising: bool
-) -> list[tuple[float, float]]:
-    """Candidate endplate surfaces in one column: ``(position mm, strength)``.
+) -> list[np.ndarray]:
+    """Candidate endplate surfaces in each column: per column, rows ``(position mm, strength)``.
 
-    ``sm`` is the column's smoothed profile along ``s`` and ``g`` its gradient. A candidate
-    is a steep rising (``rising``) or falling step with, for strength, the contrast of the
-    bright cortical line just inside it (on the body's side) when there is one, else half the
-    step. Positions blend the steepest point and the line's peak: blurred by the slice profile, the
-    steepest step lies outside the true surface by about the blur width, while the peak (plus
-    half a cortical thickness) drifts towards the brighter side (inward when trabecular bone
-    is brighter than the disc); ``PEAK_WEIGHT`` balances the two.
+    ``sm`` holds the columns' smoothed profiles along ``s`` (one column each) and ``g`` their
+    gradients. A candidate is a steep rising (``rising``) or falling step between ``lo`` and
+    ``hi`` with, for strength, the contrast of the bright cortical line just inside it (on
+    the body's side) when there is one, else the step. Positions blend the steepest point and
+    the line's peak: blurred by the slice profile, the steepest step lies outside the true
+    surface by about the blur width, while the peak (plus half a cortical thickness) drifts
+    towards the brighter side (inward when trabecular bone is brighter than the disc);
+    ``PEAK_WEIGHT`` balances the two. All columns are searched at once.
     """
-    step = float(s[1] - s[0])
-    if not rising:
-        g = -g
+    n, ncol = g.shape
+    empty = np.zeros((0, 2))
     idx = np.nonzero((s >= lo) & (s <= hi))[0]
-    out: list[tuple[float, float]] = []
     if len(idx) < 3:
-        return out
-    gmax = float(g[idx].max())
-    if not gmax > 0:  # also no candidates in an empty (NaN) column
-        return out
-    n = len(g)
-    gi = g[idx]
-    steep = (gi >= 0.15 * gmax) & (gi >= g[np.maximum(idx - 1, 0)]) & (gi >= g[np.minimum(idx + 1, n - 1)])
+        return [empty] * ncol
+    step = float(s[1] - s[0])
+    gg = g if rising else -g
+    gi = gg[idx]
+    with np.errstate(invalid="ignore"):  # an empty (NaN) column has no candidates
+        gmax = gi.max(axis=0)
+        steep = (
+            (gi >= 0.15 * gmax) & (gi >= gg[np.maximum(idx - 1, 0)]) & (gi >= gg[np.minimum(idx + 1, n - 1)])
+            & (gmax > 0)
+        )
+    col, rows = np.nonzero(steep.T)  # column by column, each in order along s
+    if not len(rows):
+        return [empty] * ncol
+    i = idx[rows]
     inward = 1 if rising else -1
     n_in = max(1, int(round(3.0 / step)))
     n_out = max(1, int(round(2.0 / step)))
-    for i in idx[steep].tolist():  # loop over the few steep steps, not over samples
-        edge = float(s[i]) + _parabola(g, i) * step
-        outside = sm[min(max(i - inward * n_out, 0), n - 1)]
-        pos, strength = edge, float(g[i])
-        for k in range(1, n_in + 1):
-            j = i + inward * k
-            if 0 < j < n - 1 and sm[j] >= sm[j - 1] and sm[j] >= sm[j + 1]:
-                peak = float(s[j]) + _parabola(sm, j) * step - inward * CORTEX_HALF_MM
-                pos, strength = PEAK_WEIGHT * peak + (1.0 - PEAK_WEIGHT) * edge, max(float(sm[j] - outside), strength)
-                break
-        out.append((pos, strength))
-    return out
+    edge = s[i] + _parabola(gg, i, col) * step
+    outside = sm[np.minimum(np.maximum(i - inward * n_out, 0), n - 1), col]
+    pos, strength = edge, gg[i, col]
+    # the first peak of the profile within n_in samples inward of the step: the cortex
+    is_peak = np.zeros(sm.shape, dtype=bool)
+    is_peak[1:-1] = (sm[1:-1] >= sm[:-2]) & (sm[1:-1] >= sm[2:])
+    found = np.zeros(len(i), dtype=bool)
+    jpk = np.zeros(len(i), dtype=int)
+    for k in range(1, n_in + 1):  # loop over a few offsets, not over samples
+        j = np.minimum(np.maximum(i + inward * k, 0), n - 1)
+        hit = ~found & is_peak[j, col]
+        jpk[hit] = j[hit]
+        found |= hit
+    if found.any():
+        f = found
+        peak = s[jpk[f]] + _parabola(sm, jpk[f], col[f]) * step - inward * CORTEX_HALF_MM
+        pos = pos.copy()
+        strength = strength.copy()
+        pos[f] = PEAK_WEIGHT * peak + (1.0 - PEAK_WEIGHT) * edge[f]
+        strength[f] = np.maximum(sm[jpk[f], col[f]] - outside[f], strength[f])
+    cands = np.stack([pos, strength], axis=1)
+    bounds = np.searchsorted(col, np.arange(ncol + 1))
+    return [cands[bounds[k] : bounds[k + 1]] for k in range(ncol)]
 
 
-def _endplate_path(
-    cands: list[list[tuple[float, float]]], cols: np.ndarray, half_h: float
-) -> list[float | None]:
+def _endplate_path(cands: list[np.ndarray], cols: np.ndarray, half_h: float) -> list[float | None]:
     """Choose one candidate per column so that the endplate is a smooth line (dynamic
     programming): total strength, minus a penalty for slopes steeper than an endplate can
     have between neighbouring columns, minus a mild preference for the candidate nearer the
     body's centre (the body's own endplate rather than the neighbour's across the disc)."""
-    usable = [k for k, c in enumerate(cands) if c]
+    # a handful of candidates per column: plain floats beat numpy's per-call overhead here
+    cols_pos = [c[:, 0].tolist() for c in cands]
+    cols_str = [c[:, 1].tolist() for c in cands]
+    usable = [k for k, c in enumerate(cols_pos) if c]
     if len(usable) < max(3, len(cands) // 2):
         return [None] * len(cands)
-    smax = max(st for k in usable for _, st in cands[k]) or 1.0
-    score_prev: np.ndarray | None = None
-    back: list[np.ndarray] = []
-    prev_k = None
+    smax = max(max(cols_str[k]) for k in usable) or 1.0
+    hh = max(half_h, 1.0)
+    score_prev: list[float] = []
+    back: list[list[int]] = []
+    ppos: list[float] = []
+    prev_k = 0
     for k in usable:
-        pos = np.array([p for p, _ in cands[k]])
-        val = np.array([st for _, st in cands[k]]) / smax - 0.1 * np.abs(pos) / max(half_h, 1.0)
+        pos, strength = cols_pos[k], cols_str[k]
         # faint steps (trabecular texture, noise) may not outvote a real, if faint, endplate
-        val = np.where(np.array([st for _, st in cands[k]]) >= 0.2 * smax, val, val - 1.0)
-        if score_prev is None:
-            score, bp = val, np.zeros(len(pos), dtype=int)
+        val = [st / smax - 0.1 * abs(p) / hh - (1.0 if st < 0.2 * smax else 0.0) for p, st in zip(pos, strength)]
+        if not score_prev:
+            score, bp = val, [0] * len(pos)
         else:
-            assert prev_k is not None
-            ppos = np.array([p for p, _ in cands[prev_k]])
             da = abs(float(cols[k]) - float(cols[prev_k]))
-            excess = np.clip(np.abs(pos[:, None] - ppos[None, :]) - 0.5 * da - 0.5, 0.0, None)
-            tot = score_prev[None, :] - 0.35 * excess
-            bp = np.argmax(tot, axis=1)
-            score = val + tot[np.arange(len(pos)), bp]
+            score, bp = [], []
+            for p, v in zip(pos, val):
+                best, arg = -math.inf, 0
+                for j, (q, sc) in enumerate(zip(ppos, score_prev)):
+                    t = sc - 0.35 * max(abs(p - q) - 0.5 * da - 0.5, 0.0)
+                    if t > best:  # the first of equals, as argmax
+                        best, arg = t, j
+                score.append(v + best)
+                bp.append(arg)
         back.append(bp)
-        score_prev, prev_k = score, k
+        score_prev, prev_k, ppos = score, k, pos
     out: list[float | None] = [None] * len(cands)
-    j = int(np.argmax(score_prev))  # type: ignore[arg-type]
+    j = max(range(len(score_prev)), key=score_prev.__getitem__)  # the first of equals
     for n in range(len(usable) - 1, -1, -1):
         k = usable[n]
-        out[k] = cands[k][j][0]
-        j = int(back[n][j])
+        out[k] = cols_pos[k][j]
+        j = back[n][j]
     return out
 
 
-def _parabola(y: np.ndarray, i: int) -> float:
-    """Sub-sample offset of the extremum of ``y`` at ``i`` from a parabola through 3 samples."""
-    if not 0 < i < len(y) - 1:
-        return 0.0
-    a, b, c = float(y[i - 1]), float(y[i]), float(y[i + 1])
+def _parabola(y: np.ndarray, i: np.ndarray, col: np.ndarray) -> np.ndarray:
+    """Sub-sample offsets of the extrema of the columns of ``y`` at rows ``i`` (columns
+    ``col``), from a parabola through 3 samples; 0 at the ends and on flat runs."""
+    n = len(y)
+    inner = (i > 0) & (i < n - 1)
+    a = y[np.maximum(i - 1, 0), col]
+    b = y[i, col]
+    c = y[np.minimum(i + 1, n - 1), col]
     den = a - 2 * b + c
-    return min(max(0.5 * (a - c) / den, -1.0), 1.0) if den != 0 else 0.0
+    ok = inner & (den != 0)
+    out = np.zeros(len(i))
+    out[ok] = np.minimum(np.maximum(0.5 * (a[ok] - c[ok]) / den[ok], -1.0), 1.0)
+    return out
 
 
 @dataclass
@@ -272,11 +300,9 @@ def _endplates(
         prof = img.astype(np.float64) @ (w / w.sum(axis=0))
     sm = _gauss1d(prof, 0.7, axis=0)
     g = np.gradient(sm, h, axis=0)
-    sup_c, inf_c = [], []
-    for k in range(len(grid)):
-        # windows stop just past the disc centres
-        sup_c.append(_edge_candidates(h, sm[:, k], g[:, k], -0.1 * half_h, half_h + ext, False))
-        inf_c.append(_edge_candidates(h, sm[:, k], g[:, k], -half_h - ext, 0.1 * half_h, True))
+    # windows stop just past the disc centres
+    sup_c = _edge_candidates(h, sm, g, -0.1 * half_h, half_h + ext, False)
+    inf_c = _edge_candidates(h, sm, g, -half_h - ext, 0.1 * half_h, True)
     sup_p = _endplate_path(sup_c, grid, half_h)
     inf_p = _endplate_path(inf_c, grid, half_h)
 
@@ -370,14 +396,18 @@ def _measure_steps(
     h_lo, h_hi = -0.7 * half_h, 0.7 * half_h
     if not m.partial:
         for it in range(2):
-            img = yield _patch_request(st, fr, h, a)
-            a_post, a_ant = _walls(img, h, a, half_h, a_post, a_ant)
+            # the first look (walls, tilt, centre) needs no sub-millimetre grid: at 1 mm, a
+            # quarter of the samples of a 0.5 mm look; the measuring look is at the full step
+            # (coarser than 1 mm, the first look loses bodies of 3 mm series)
+            hh, aa = (h[::2], a[::2]) if it == 0 and step < 1.0 else (h, a)
+            img = yield _patch_request(st, fr, hh, aa)
+            a_post, a_ant = _walls(img, hh, aa, half_h, a_post, a_ant)
             depth = a_ant - a_post
             if it == 1:
                 break
             # tilt of the endplates in this frame -> rotate the frame onto the body's axis
             cols = [a_post + f * depth for f in (0.15, 0.3, 0.7, 0.85)]
-            sup, inf = _endplates(img, h, a, cols, half_h)
+            sup, inf = _endplates(img, hh, aa, cols, half_h)
             slopes = []
             for e in (sup, inf):
                 ok = [(c, v) for c, v in zip(cols, e) if v is not None]
