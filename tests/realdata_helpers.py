@@ -119,3 +119,97 @@ def mask_heights(mask: np.ndarray, spacing: tuple[float, float, float], inset: f
         out[name] = hi - lo
     out["depth"] = depth
     return out
+
+
+def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -> CTVolume:
+    """Compress one vertebral body along z (its axis in this CT), as each fracture does.
+
+    ``crush``: the body loses ``loss`` of its height uniformly and the spine above comes down
+    with it: the body's slab is resampled shorter and every slice above moves down by whole
+    slices (a fractional shift would blur each endplate above; the scan then ends that much
+    lower). No gap opens and the discs keep their thickness, as in a patient.
+    ``wedge``: the loss grows from 0 at the posterior wall to ``loss`` at the anterior wall;
+    the collapsed front of the body takes the HU of the disc above, which follows it down.
+    ``biconcave``: the endplate is pushed in, ``loss`` at the centre falling to 0 at 70% of
+    the radius, and the disc fills the dent.
+
+    The disc's HU is its median just above the middle of the body. A wedge warps the mask
+    grown by a voxel: at 3 mm the masks stop short of the partial-volume rim of the cortex,
+    and a rim left at the old height draws a second, phantom endplate across the fracture
+    (the previous planting did, and two cases failed on that artefact). A biconcave dent
+    stays within the mask: the endplate's rim (the ring apophysis) does not move.
+    """
+    from scipy.ndimage import binary_dilation
+
+    hu = vol.hu.astype(np.float32)
+    nz = hu.shape[0]
+    zz, ii, jj = np.nonzero(mask)
+    y0, y1 = ii.min(), ii.max()
+    x0, x1 = jj.min(), jj.max()
+    yc, xc = 0.5 * (y0 + y1), 0.5 * (x0 + x1)
+    if kind == "crush":
+        z0, z1 = max(int(zz.min()) - 1, 0), min(int(zz.max()) + 1, nz - 1)  # with the rim
+        n = z1 - z0 + 1
+        d = int(np.round(loss * n))  # slices lost
+        zs = np.arange(nz - d, dtype=np.float64)
+        src = np.where(zs < z0, zs, np.where(zs <= z1 - d, z0 + (zs - z0) * n / (n - d), zs + d))
+        k = np.floor(src).astype(int)
+        t = (src - k)[:, None, None].astype(np.float32)
+        out = hu[k] * (1 - t) + hu[np.minimum(k + 1, nz - 1)] * t
+        return CTVolume(hu=np.clip(out, -1024, 3071).astype(np.int16), spacing=vol.spacing, origin=vol.origin)
+    hu = hu.copy()
+    disc = []
+    for i in range(y0, y1 + 1):  # loop over columns of one body (a few hundred), not voxels
+        for j in range(x0, x1 + 1):
+            col = np.nonzero(mask[:, i, j])[0]
+            if len(col) >= 3 and abs(i - yc) <= 0.3 * (y1 - y0) and abs(j - xc) <= 0.3 * (x1 - x0):
+                disc += hu[min(col.max() + 1, nz - 1) : min(col.max() + 3, nz), i, j].tolist()
+    fill = float(np.median(disc)) if disc else 70.0
+    warp = binary_dilation(mask, structure=np.ones((3, 3, 3), dtype=bool)) if kind == "wedge" else mask
+    _, wi, wj = np.nonzero(warp)
+    for i in range(wi.min(), wi.max() + 1):
+        for j in range(wj.min(), wj.max() + 1):
+            col = np.nonzero(warp[:, i, j])[0]
+            if len(col) < 3:
+                continue
+            z0, z1 = col.min(), col.max()
+            iy, jx = min(max(i, y0), y1), min(max(j, x0), x1)  # rim columns take their edge's loss
+            if kind == "wedge":
+                f = loss * (y1 - iy) / max(y1 - y0, 1)  # anterior = small y
+            else:
+                r = np.hypot((iy - yc) / max(0.5 * (y1 - y0), 1), (jx - xc) / max(0.5 * (x1 - x0), 1))
+                f = loss * max(0.0, 1.0 - (r / 0.7) ** 2)  # endplate dome inside 70% of the radius
+            if f <= 0:
+                continue
+            h = (z1 - z0 + 1) * (1 - f)
+            src_col = hu[z0 : z1 + 1, i, j].copy()
+            zc = np.arange(z0, z1 + 1)
+            tc = (zc - z0) / max(h, 1e-3) * (z1 - z0 + 1)
+            new = np.interp(tc, np.arange(z1 - z0 + 1), src_col)
+            new[(zc - z0) >= h] = fill
+            hu[z0 : z1 + 1, i, j] = new
+    return CTVolume(hu=np.clip(hu, -1024, 3071).astype(np.int16), spacing=vol.spacing, origin=vol.origin)
+
+
+def expected_grade(before, kind: str, loss: float) -> int:  # type: ignore[no-untyped-def]
+    """Genant grade the planted loss should produce, from the screener's own unplanted heights
+    of that body and its grading rule: a planted wedge loses ``loss`` at the anterior wall
+    but only ~(1 - inset) of it at the anterior column; a biconcave plant the full ``loss``
+    at the middle column."""
+    from fracture_qi.screening.morphometry import (
+        COLUMN_INSET,
+        NORMAL_HA_HP,
+        NORMAL_HM_HP,
+        grade_from_reduction,
+    )
+
+    ha, hm, hp = before.ha_mm, before.hm_mm, before.hp_mm
+    e_a, e_m = NORMAL_HA_HP[before.level], NORMAL_HM_HP[before.level]
+    if kind == "wedge":
+        ha = ha * (1.0 - loss * (1.0 - COLUMN_INSET))
+        red = 1.0 - (ha / hp) / e_a
+    elif kind == "biconcave":
+        red = 1.0 - (hm * (1.0 - loss) / max(ha / e_a, hp)) / e_m
+    else:
+        red = loss
+    return grade_from_reduction(red)

@@ -115,3 +115,35 @@ def test_mild_wedge_by_ratio_alone_is_not_graded() -> None:
     m.ha = m.hp * NORMAL_HA_HP["L2"] * (1 - 0.17)  # type: ignore[operator]
     d = grade_bodies(meas)[meas.index(m)]
     assert d is not None and d.grade == 0 and 0.16 < d.reductions["wedge"] < 0.18
+
+
+def _patch(body_lo: float, body_hi: float, step: float = 0.5) -> tuple:  # type: ignore[type-arg]
+    """A sagittal patch (rows h, columns a; mm) of one body between discs: disc 70 HU, bone
+    200 HU, a 1 mm cortical endplate of 500 HU at each end of the body."""
+    import numpy as np
+
+    h = np.arange(-18.0, 18.0 + 1e-6, step)
+    a = np.arange(-25.0, 25.0 + 1e-6, step)
+    col = np.full(len(h), 70.0)
+    col[(h >= body_lo) & (h <= body_hi)] = 200.0
+    col[(h >= body_lo) & (h < body_lo + 1.0)] = 500.0
+    col[(h > body_hi - 1.0) & (h <= body_hi)] = 500.0
+    img = np.repeat(col[:, None], len(a), axis=1).astype(np.float32)
+    return img, h, a
+
+
+def test_endplate_beyond_the_usual_reach_is_sought_once_more() -> None:
+    """A crushed body between ordinary discs sits off the disc centres found beside it: its
+    inferior endplate lies past the reach its small height sets (half-height 6.5 mm: 1 mm
+    past the disc centre) and is found on the second, wider look."""
+    from fracture_qi.screening import morphometry
+
+    img, h, a = _patch(-8.5, 4.5)
+    cols = [-10.0, 0.0, 10.0]
+    sup, inf = morphometry._endplates(img, h, a, cols, half_h=6.5)
+    assert all(s is not None and abs(s - 4.5) < 1.0 for s in sup), sup
+    assert all(i is not None and abs(i + 8.5) < 1.0 for i in inf), inf
+    # within the usual reach nothing changes: the same body centred on its span
+    sup0, inf0 = morphometry._endplates(*_patch(-6.5, 6.5), cols, half_h=6.5)
+    assert all(abs(s - 6.5) < 1.0 for s in sup0) and all(abs(i + 6.5) < 1.0 for i in inf0)
+    assert morphometry.WIDEN_MM == 3.0

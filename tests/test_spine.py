@@ -195,3 +195,20 @@ def test_slab_band_stands_for_the_taps() -> None:
     # a coarse x grid keeps the taps: the band would widen the slab there
     coarse = CTVolume(hu=vol.hu[:, ::4, ::4], spacing=(2.5, 3.2, 3.2), origin=vol.origin)
     assert spine.SpineSampler(coarse, path, CPU).slab_raw is None
+
+
+def test_a_disc_splitting_one_body_is_dropped() -> None:
+    """Two short spans that together make one body, cut by a middling 'disc' (a dark band in
+    the body), become one body; a clear disc between two crushed bodies stays, and so do the
+    short spans of small upper thoracic bodies among their like."""
+    score = np.zeros(400)
+    lumbar = [100, 130, 160, 174, 190, 220, 250]  # the body 160-190 cut at 174
+    for d in lumbar:
+        score[d] = 100.0
+    score[174] = 50.0
+    assert spine._drop_split_discs(lumbar, score, ref=100.0) == [100, 130, 160, 190, 220, 250]
+    score[174] = 90.0  # as clear as the clearest discs: two crushed bodies side by side
+    assert spine._drop_split_discs(lumbar, score, ref=100.0) == lumbar
+    thoracic = [100, 115, 130, 146, 162, 178]  # bodies of ~15 mm, all alike
+    score[thoracic] = 50.0
+    assert spine._drop_split_discs(thoracic, score, ref=100.0) == thoracic

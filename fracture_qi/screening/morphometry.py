@@ -49,6 +49,9 @@ COLUMN_INSET = 0.12
 CORTEX_HALF_MM = 0.5
 #: weight of the line-peak estimate against the steepest-step estimate of an endplate surface
 PEAK_WEIGHT = 0.65
+#: how much further (mm) past the disc centre an endplate is sought when it is not found
+#: within the usual reach (see ``_endplates``)
+WIDEN_MM = 3.0
 #: grade-1 cut-off on the *measured* reduction. Genant's 20% is a loss against the body's own
 #: former shape, which is unknown; the screener measures against the normal shape for the
 #: level, and people differ from it by SD ~0.05 in Ha/Hp and Hm/Hp (ANATOMY.md 1d), about 4%
@@ -300,17 +303,25 @@ def _endplates(
         prof = img.astype(np.float64) @ (w / w.sum(axis=0))
     sm = _gauss1d(prof, 0.7, axis=0)
     g = np.gradient(sm, h, axis=0)
-    # windows stop just past the disc centres
-    sup_c = _edge_candidates(h, sm, g, -0.1 * half_h, half_h + ext, False)
-    inf_c = _edge_candidates(h, sm, g, -half_h - ext, 0.1 * half_h, True)
-    sup_p = _endplate_path(sup_c, grid, half_h)
-    inf_p = _endplate_path(inf_c, grid, half_h)
+    # windows stop just past the disc centres; where an endplate is not found there, once
+    # more reaching WIDEN_MM further: a short (crushed) body between ordinary discs can sit
+    # a few millimetres off the disc centres found beside it, beyond the reach its own
+    # small height sets
+    def path(lo: float, hi: float, rising: bool) -> list[float | None]:
+        return _endplate_path(_edge_candidates(h, sm, g, lo, hi, rising), grid, half_h)
 
-    def read(path: list[float | None]) -> list[float | None]:
+    sup_p = path(-0.1 * half_h, half_h + ext, False)
+    if all(v is None for v in sup_p):
+        sup_p = path(-0.1 * half_h, half_h + ext + WIDEN_MM, False)
+    inf_p = path(-half_h - ext, 0.1 * half_h, True)
+    if all(v is None for v in inf_p):
+        inf_p = path(-half_h - ext - WIDEN_MM, 0.1 * half_h, True)
+
+    def read(chosen: list[float | None]) -> list[float | None]:
         out: list[float | None] = []
         for c in cols:
             k = int(np.argmin(np.abs(grid - c)))
-            out.append(path[k])
+            out.append(chosen[k])
         return out
 
     return read(sup_p), read(inf_p)

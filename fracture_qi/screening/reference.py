@@ -43,7 +43,7 @@ from fracture_qi.screening.types import MorphType, SeriesResult, VertebraResult
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: coarsest z spacing (mm) graded; thicker volumes come back as SLICE_TOO_THICK
 MAX_SLICE_MM = 3.0

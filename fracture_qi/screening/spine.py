@@ -705,6 +705,16 @@ def posterior_wall(st: Straightened) -> float:
     return float(us[int(np.argmax(g))])
 
 
+def _beyond_slices(st: Straightened, cols: np.ndarray) -> np.ndarray:
+    """Per row of the straightened image: do its columns ``cols`` reach beyond the first or
+    last slice of the volume (where the sampler reads air)?"""
+    if st.sampler is None:  # no geometry at hand: rows mostly sampled as air
+        return (st.image < -900).mean(axis=1) > 0.5
+    dz = float(st.sampler.spacing[0])
+    z = st.cz[:, None] + st.u_mm[None, cols] * st.nz[:, None]
+    return ((z < -0.5 * dz) | (z > (float(st.sampler.vol_shape[0]) - 0.5) * dz)).any(axis=1)
+
+
 def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
     """Per row of the straightened image, evidence that it is the middle of a disc.
 
@@ -737,10 +747,14 @@ def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
     # and the mean must dip too: the basivertebral cleft darkens the wall and so the row
     # maximum, but not the body as a whole
     score[cues[0] < 0.2] = 0.0
-    # a disc needs data on both sides: rows near the edge of the scanned volume (sampled as
-    # -1000) would otherwise look like a gap after the last endplate
-    outside = (img < -900).mean(axis=1) > 0.5
-    near_edge = _running_max(outside.astype(np.float64), -w - 2, w + 2) > 0
+    # a disc needs data on both sides: rows at the edge of the scanned volume (sampled as
+    # -1000) would otherwise look like a gap after the last endplate. Rows whose cue bands
+    # reach beyond the first or last slice, and two rows either side of them, never count; a
+    # disc closer to the edge than that is still found when the endplate beyond it is in view
+    # (the valley needs bone within reach on both sides, and outside rows are not bone). The
+    # test is geometric: air inside the volume (bowel gas in front of the spine) reads as
+    # -1000 too
+    near_edge = _running_max(_beyond_slices(st, (u >= upw - 3.0) & (u <= upw + 55.0)).astype(np.float64), -2, 2) > 0
     score[near_edge] = 0.0
     return score
 
@@ -778,6 +792,7 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     strong = [c for c in cand if score[c] >= 0.5 * ref]
     weak_thr = 0.15 * ref
     discs = _grow_discs(strong, cand, score, weak_thr, step)
+    discs = _drop_split_discs(discs, score, ref)
     bodies: list[BodySpan] = []
     for a, b in zip(discs[:-1], discs[1:]):
         length = (b - a) * step
@@ -856,6 +871,38 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
                 discs.append(j)
             else:
                 discs.insert(0, j)
+    return discs
+
+
+def _drop_split_discs(discs: list[int], score: np.ndarray, ref: float) -> list[int]:
+    """Drop a middling disc that cuts one body in two.
+
+    Two neighbouring spans both shorter than 70% of the local pitch (the median of up to two
+    spans either side of the pair), together no longer than 1.3 pitches, are one body split at
+    a dark band inside it (a basivertebral cleft, a Schmorl node, the trabecular pattern of a
+    3 mm scan) unless the disc between them is as clear as the clearest discs (at least 75% of
+    them): two crushed bodies side by side keep their disc. A crushed body between ordinary
+    ones is one short span, never two, and is left alone. The pitch is local because bodies
+    grow from ~15 mm (upper thoracic) to ~30 mm (lumbar).
+    """
+    discs = list(discs)
+    while len(discs) >= 4:
+        spans = np.diff(discs).astype(float)
+        merged = False
+        # the weakest offending disc first, so that one bad disc never costs a good one
+        for k in sorted(range(1, len(discs) - 1), key=lambda k: score[discs[k]]):
+            around = np.concatenate([spans[max(0, k - 3) : k - 1], spans[k + 1 : k + 3]])
+            if not len(around) or score[discs[k]] >= 0.75 * ref:
+                continue
+            pitch = float(np.median(around))
+            a, b = spans[k - 1], spans[k]
+            if a < 0.7 * pitch and b < 0.7 * pitch and a + b <= 1.3 * pitch:
+                log.debug("disc at row %d dropped: it splits a %.0f-row body", discs[k], a + b)
+                del discs[k]
+                merged = True
+                break
+        if not merged:
+            break
     return discs
 
 
