@@ -407,6 +407,14 @@ class SpineSampler:
         # send int16 (half the bytes), convert on the device
         return torch.from_numpy(np.ascontiguousarray(crop)).to(self.device).float()
 
+    def _voxel_box(self, lo_mm: np.ndarray, hi_mm: np.ndarray, margin: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        """Voxel indices ``[lo, hi)`` of the box holding grid mm ``lo_mm..hi_mm`` and its
+        interpolation neighbours, ``margin`` voxels to spare, clipped to the volume."""
+        sp, shape = self.spacing, self.vol_shape
+        lo = np.clip(np.floor(np.asarray(lo_mm) / sp).astype(int) - margin, 0, shape - 1)
+        hi = np.clip(np.ceil(np.asarray(hi_mm) / sp).astype(int) + 1 + margin, lo + 1, shape)
+        return lo, hi
+
     def _slab_band(self, path: CanalPath) -> tuple[torch.Tensor, np.ndarray]:
         """The band of ``x`` around the canal path, averaged across the slab, and its origin
         (voxel indices)."""
@@ -418,11 +426,8 @@ class SpineSampler:
         w = np.maximum(0.0, 1.0 - np.abs(m[:, None] - taps[None, :])).mean(axis=1)
         lo_mm = np.array([0.0, path.y_mm.min() - 115.0, path.x_mm.min()])
         hi_mm = np.array([(shape[0] - 1) * sp[0], path.y_mm.max() + 50.0, path.x_mm.max()])
-        lo = np.clip(np.floor(lo_mm / sp).astype(int), 0, shape - 1)
-        hi = np.clip(np.ceil(hi_mm / sp).astype(int) + 1, lo + 1, shape)
         # a voxel to spare each side of the path for the interpolation
-        lo[2] = max(0, lo[2] - 1)
-        hi[2] = min(int(shape[2]), hi[2] + 1)
+        lo, hi = self._voxel_box(lo_mm, hi_mm, np.array([0, 0, 1]))
         a0, a1 = max(0, lo[2] - r), min(int(shape[2]), hi[2] + r)
         band = self._region(np.array([lo[0], lo[1], a0]), np.array([hi[0], hi[1], a1]))
         pad = (r - (lo[2] - a0), r - (a1 - hi[2]))
@@ -479,12 +484,11 @@ class SpineSampler:
             if g_idx == 0 and self.slab_raw is not None:
                 src, lo = self.slab_raw, self.slab_lo
             else:  # the box the points (and their taps) span, a voxel to spare
-                span = [(float(axes[a].min()), float(axes[a].max())) for a in range(3)]
-                span[2] = (span[2][0] + float(offs.min()), span[2][1] + float(offs.max()))
-                lo = np.clip(np.floor([s_[0] / sp for s_, sp in zip(span, self.spacing)]).astype(int) - 1,
-                             0, self.vol_shape - 1)
-                hi = np.clip(np.ceil([s_[1] / sp for s_, sp in zip(span, self.spacing)]).astype(int) + 2,
-                             lo + 1, self.vol_shape)
+                lo_pt = np.array([axes[a].min() for a in range(3)])
+                hi_pt = np.array([axes[a].max() for a in range(3)])
+                lo_pt[2] += offs.min()
+                hi_pt[2] += offs.max()
+                lo, hi = self._voxel_box(lo_pt, hi_pt, 1)
                 src = self._region(lo, hi)[None, None]
             size = np.asarray(src.shape[2:], dtype=np.float64)
             denom = np.maximum(size - 1, 1)
