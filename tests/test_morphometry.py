@@ -6,6 +6,7 @@ import pytest
 
 from fracture_qi.screening.morphometry import (
     NORMAL_HA_HP,
+    NORMAL_HM_HP,
     NORMAL_HP,
     BodyMeasurement,
     deformity_score,
@@ -18,7 +19,7 @@ LUMBAR = ["T11", "T12", "L1", "L2", "L3"]
 
 def _normal(level: str, scale: float = 1.0) -> BodyMeasurement:
     hp = NORMAL_HP[level] * scale
-    return BodyMeasurement(level=level, partial=False, ha=hp * NORMAL_HA_HP[level], hm=hp * 0.88, hp=hp)
+    return BodyMeasurement(level=level, partial=False, ha=hp * NORMAL_HA_HP[level], hm=hp * NORMAL_HM_HP[level], hp=hp)
 
 
 def _column(levels: list[str]) -> list[BodyMeasurement]:
@@ -147,3 +148,95 @@ def test_endplate_beyond_the_usual_reach_is_sought_once_more() -> None:
     sup0, inf0 = morphometry._endplates(*_patch(-6.5, 6.5), cols, half_h=6.5)
     assert all(abs(s - 6.5) < 1.0 for s in sup0) and all(abs(i + 6.5) < 1.0 for i in inf0)
     assert morphometry.WIDEN_MM == 3.0
+
+
+def test_a_measurement_that_fails_is_retried_with_a_wider_reach() -> None:
+    """Real 3 mm bodies are not boxes: L4 of the example CT has its inferior endplate a few
+    millimetres lower in front, beyond the usual reach, and a fainter step inside the body
+    there. The usual look takes the inner step (an anterior height of half the posterior,
+    which the measurement rejects); the wider look it then retries with finds the endplate.
+    The wider look also reaches further inward, where a severe wedge's superior endplate lies."""
+    import numpy as np
+
+    from fracture_qi.screening import morphometry
+
+    img, h, a = _patch(-13.0, 13.0)
+    front = a > 8.0
+    col = np.full(len(h), 70.0)
+    col[(h >= -17.0) & (h <= 13.0)] = 200.0
+    col[(h >= -17.0) & (h < 0.0)] = 130.0  # darker bone below a faint inner step
+    col[(h >= -17.0) & (h < -16.0)] = 500.0
+    col[(h > 12.0) & (h <= 13.0)] = 500.0
+    img[:, front] = col[:, None]
+    cols = [14.0, 0.0, -14.0]  # anterior, middle, posterior
+    _, inf = morphometry._endplates(img, h, a, cols, half_h=13.0)
+    assert abs(inf[0] - 0.0) < 1.5 and abs(inf[2] + 13.0) < 1.0, inf  # the inner step
+    _, inf = morphometry._endplates(img, h, a, cols, half_h=13.0, widen=morphometry.WIDEN_MM)
+    assert abs(inf[0] + 17.0) < 1.0 and abs(inf[2] + 13.0) < 1.0, inf
+    # a severe wedge: the superior endplate in front lies below the body's centre
+    img, h, a = _patch(-13.0, 13.0)
+    col = np.full(len(h), 70.0)
+    col[(h >= -13.0) & (h <= -2.5)] = 200.0
+    col[(h >= -13.0) & (h < -12.0)] = 500.0
+    col[(h > -3.5) & (h <= -2.5)] = 500.0
+    img[:, front] = col[:, None]
+    sup, _ = morphometry._endplates(img, h, a, cols, half_h=13.0)
+    assert sup[0] is None or abs(sup[0] + 2.5) > 1.5  # out of the usual reach
+    sup, _ = morphometry._endplates(img, h, a, cols, half_h=13.0, widen=morphometry.WIDEN_MM)
+    assert abs(sup[0] + 2.5) < 1.0 and abs(sup[2] - 13.0) < 1.0, sup
+
+
+def _across(walls: tuple[float, float], core: float, rim: float, outside: float, step: float = 0.5):  # type: ignore[no-untyped-def]
+    """Lines across a body (5 x 5 of them, x from -45 to 45 mm): ``core`` HU between the
+    walls, a 1.5 mm cortical rim of ``rim`` HU inside each wall, ``outside`` beyond."""
+    import numpy as np
+
+    xs = np.arange(-45.0, 45.0 + 1e-6, step)
+    prof = np.full(len(xs), outside, dtype=np.float64)
+    inside = (xs >= walls[0]) & (xs <= walls[1])
+    prof[inside] = core
+    prof[inside & ((xs - walls[0] < 1.5) | (walls[1] - xs < 1.5))] = rim
+    rng = np.random.default_rng(0)
+    vals = prof[None, None, :] + rng.normal(0.0, 10.0, (5, 5, len(xs)))
+    return vals, xs
+
+
+def test_the_sagittal_plane_is_centred_between_the_lateral_walls() -> None:
+    """The body's lateral cortex is found on each side of the canal's plane, so that the
+    middle column passes through the centre of a central depression."""
+    from fracture_qi.screening import morphometry
+
+    # a body 4 mm to the right of its canal, lung either side
+    got = morphometry._lateral_walls(*_across((-16.0, 24.0), 150.0, 450.0, -800.0))
+    assert got is not None and abs(got[0] + 16.0) < 1.0 and abs(got[1] - 24.0) < 1.0, got
+    # osteoporotic bone as dark as the psoas beside it: the rims still show the walls
+    got = morphometry._lateral_walls(*_across((-20.0, 20.0), 45.0, 300.0, 45.0))
+    assert got is not None and abs(got[0] + 20.0) < 1.0 and abs(got[1] - 20.0) < 1.0, got
+    # a contrast-filled vessel against the wall: no wall that leaves the body, no guess
+    vals, xs = _across((-20.0, 20.0), 150.0, 400.0, -800.0)
+    vals[..., (xs > 20.0) & (xs < 40.0)] = 330.0
+    assert morphometry._lateral_walls(vals, xs) is None
+    # no cortex at all (the sample missed the body): no guess either
+    assert morphometry._lateral_walls(*_across((-20.0, 20.0), 150.0, 150.0, 150.0)) is None
+
+
+def test_a_body_far_taller_than_its_neighbours_is_left_unmeasured() -> None:
+    """Two bodies measured as one (a disc missed) are not a body: left unmeasured, and their
+    height no longer makes the neighbours look crushed. A normal body beside a single crushed
+    neighbour is not 'too tall'."""
+    from fracture_qi.screening.morphometry import drop_implausibly_tall
+
+    meas = _column(LUMBAR)
+    i = next(k for k, x in enumerate(meas) if x.level == "L2")
+    m = meas[i]
+    m.ha, m.hm, m.hp = 2 * m.ha, 2 * m.hm, 2 * m.hp  # type: ignore[operator]
+    before = grade_bodies(meas)
+    assert any(d is not None and d.morph_type == "crush" for k, d in enumerate(before) if k != i)
+    assert drop_implausibly_tall(meas) == [i]
+    assert m.partial and m.hp is None and m.extra["implausible_heights"]
+    after = grade_bodies(meas)
+    assert after[i] is None and all(d is None or d.grade == 0 for d in after)
+    # the end of a short column: one neighbour, crushed to half, is no reference
+    two = _column(LUMBAR)[:2]
+    two[0].hp = two[0].hp * 0.5  # type: ignore[operator]
+    assert drop_implausibly_tall(two) == []

@@ -192,6 +192,13 @@ def test_slab_band_stands_for_the_taps() -> None:
         d = np.abs(band - taps)
         assert taps.max() - taps.min() > 1000.0  # bone and soft tissue in the sample
         assert d.max() < tol_max and np.percentile(d, 99) < tol_p99 and np.median(d) < tol_median
+    # a plane beside the canal, beyond the band's x (a body off its canal), is sampled with
+    # the taps, not read off the band's edge
+    x = x_path + 15.0
+    assert x.max() > sampler.slab_x_mm[1]
+    beside = sampler.sample(z, y, x)
+    taps = np.mean(sampler.sample_many([(z, y, x + o, False) for o in sampler.offsets]), axis=0)
+    assert np.abs(beside - taps).max() < 0.05
     # a coarse x grid keeps the taps: the band would widen the slab there
     coarse = CTVolume(hu=vol.hu[:, ::4, ::4], spacing=(2.5, 3.2, 3.2), origin=vol.origin)
     assert spine.SpineSampler(coarse, path, CPU).slab_raw is None

@@ -26,13 +26,19 @@ from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.screening.spine import BodySpan, Straightened, _gauss1d
 from fracture_qi.screening.types import LEVELS, GenantGrade, MorphType
 
-#: normal Ha/Hp and Hm/Hp by level, adults >= 50 (ANATOMY.md 1d; T1-T3 extrapolated from T4)
+#: normal Ha/Hp and Hm/Hp by level, adults >= 50 (ANATOMY.md 1d; T1-T3 extrapolated from T4).
+#: Hm/Hp is highest in the upper thorax (0.91) and lowest at the kyphosis apex (0.87): one
+#: value for all levels under-read central depressions of T1-T5 by up to 3%
 NORMAL_HA_HP: dict[str, float] = {
     "T1": 0.93, "T2": 0.93, "T3": 0.92, "T4": 0.92, "T5": 0.90, "T6": 0.88, "T7": 0.87,
     "T8": 0.87, "T9": 0.89, "T10": 0.91, "T11": 0.91, "T12": 0.91, "L1": 0.92, "L2": 0.95,
     "L3": 0.98, "L4": 1.00, "L5": 1.15,
 }
-NORMAL_HM_HP: dict[str, float] = {lv: 0.88 for lv in LEVELS}
+NORMAL_HM_HP: dict[str, float] = {
+    "T1": 0.91, "T2": 0.91, "T3": 0.91, "T4": 0.91, "T5": 0.89, "T6": 0.88, "T7": 0.87,
+    "T8": 0.87, "T9": 0.88, "T10": 0.89, "T11": 0.89, "T12": 0.89, "L1": 0.88, "L2": 0.88,
+    "L3": 0.88, "L4": 0.89, "L5": 0.88,
+}
 #: typical posterior height by level (mm, ANATOMY.md 1a), used only as ratios between levels
 NORMAL_HP: dict[str, float] = {
     "T1": 14.5, "T2": 16.0, "T3": 16.5, "T4": 17.0, "T5": 17.5, "T6": 18.5, "T7": 19.0,
@@ -41,6 +47,9 @@ NORMAL_HP: dict[str, float] = {
 }
 #: levels graded without the Ha/Hp rule (L5: "exclude from simple Ha/Hp rules", ANATOMY.md 1d)
 NO_WEDGE_RULE = frozenset({"L5"})
+#: a body measured taller than this many times its neighbours' expected height is left
+#: unmeasured (see ``drop_implausibly_tall``)
+TALL_RATIO = 1.5
 #: when the level is unknown, the population-wide priors
 DEFAULT_HA_HP = 0.92
 #: inset of the anterior and posterior columns from the walls, as a fraction of the depth
@@ -52,6 +61,14 @@ PEAK_WEIGHT = 0.65
 #: how much further (mm) past the disc centre an endplate is sought when it is not found
 #: within the usual reach (see ``_endplates``)
 WIDEN_MM = 3.0
+#: lateral centring (see ``_lateral_walls``): how far across the canal's plane the body is
+#: followed, how far out its cortex is looked for at the least, the body widths taken as
+#: plausible and the largest shift of the plane accepted (mm)
+LATERAL_REACH_MM = 45.0
+LATERAL_MIN_MM = 6.0
+LATERAL_RIM_HU = 30.0
+LATERAL_WIDTH_MM = (20.0, 80.0)
+LATERAL_SHIFT_MM = 12.0
 #: grade-1 cut-off on the *measured* reduction. Genant's 20% is a loss against the body's own
 #: former shape, which is unknown; the screener measures against the normal shape for the
 #: level, and people differ from it by SD ~0.05 in Ha/Hp and Hm/Hp (ANATOMY.md 1d), about 4%
@@ -284,18 +301,24 @@ def _first_fall(x: np.ndarray, g: np.ndarray, lo: float, hi: float, default: flo
 
 
 def _endplates(
-    img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float
+    img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float, widen: float = 0.0
 ) -> tuple[list[float | None], list[float | None]]:
     """Superior and inferior endplate surface (``h``, mm) at each column ``cols``.
 
     Nine columns across the body are searched jointly for each endplate (a smooth path
     through per-column candidates), then read at the requested columns.
+
+    ``widen`` (mm) is the second look of a measurement that failed: the windows reach that
+    much further past the disc centres, and that much further inward, where the superior
+    endplate of a severe wedge lies at its front. Only the outermost columns (the walls)
+    are read there: a middle reading beyond the usual inner reach is texture inside the body
+    (a biconcave body keeps its centre within it), and is left unread.
     """
     step = float(a[1] - a[0])
     grid = np.linspace(min(cols), max(cols), 9)
     # how far past the disc centre to look: thin thoracic discs put the neighbour's endplate
     # within 2 mm, thick lumbar discs leave room for a body that sits off the disc centres
-    ext = float(np.clip(0.2 * half_h - 0.5, 1.0, 3.0))
+    ext = float(np.clip(0.2 * half_h - 0.5, 1.0, 3.0)) + widen
     # the nine column profiles at once: the mean of the samples within 1.5 mm of each column
     # (an empty column gives NaN, hence no candidates)
     w = (np.abs(a[:, None] - grid[None, :]) <= max(1.5, step)).astype(np.float64)
@@ -310,21 +333,24 @@ def _endplates(
     def path(lo: float, hi: float, rising: bool) -> list[float | None]:
         return _endplate_path(_edge_candidates(h, sm, g, lo, hi, rising), grid, half_h)
 
-    sup_p = path(-0.1 * half_h, half_h + ext, False)
+    inner = 0.1 * half_h + widen
+    sup_p = path(-inner, half_h + ext, False)
     if all(v is None for v in sup_p):
-        sup_p = path(-0.1 * half_h, half_h + ext + WIDEN_MM, False)
-    inf_p = path(-half_h - ext, 0.1 * half_h, True)
+        sup_p = path(-inner, half_h + ext + WIDEN_MM, False)
+    inf_p = path(-half_h - ext, inner, True)
     if all(v is None for v in inf_p):
-        inf_p = path(-half_h - ext - WIDEN_MM, 0.1 * half_h, True)
+        inf_p = path(-half_h - ext - WIDEN_MM, inner, True)
 
-    def read(chosen: list[float | None]) -> list[float | None]:
+    def read(chosen: list[float | None], sign: float) -> list[float | None]:
         out: list[float | None] = []
         for c in cols:
-            k = int(np.argmin(np.abs(grid - c)))
-            out.append(chosen[k])
+            v = chosen[int(np.argmin(np.abs(grid - c)))]
+            if v is not None and min(cols) < c < max(cols) and sign * v < -0.1 * half_h:
+                v = None  # a middle column within the body's inner part (see above)
+            out.append(v)
         return out
 
-    return read(sup_p), read(inf_p)
+    return read(sup_p, 1.0), read(inf_p, -1.0)
 
 
 def measure_body(
@@ -411,7 +437,7 @@ def _measure_steps(
             # quarter of the samples of a 0.5 mm look; the measuring look is at the full step
             # (coarser than 1 mm, the first look loses bodies of 3 mm series)
             hh, aa = (h[::2], a[::2]) if it == 0 and step < 1.0 else (h, a)
-            img = yield _patch_request(st, fr, hh, aa)
+            img = yield _patch_request(st, fr, hh, aa, float(m.extra.get("x_offset_mm", 0.0)))
             a_post, a_ant = _walls(img, hh, aa, half_h, a_post, a_ant)
             depth = a_ant - a_post
             if it == 1:
@@ -444,24 +470,40 @@ def _measure_steps(
             ccz, ccy = fr.to_zy(h_c, 0.5 * (a_post + a_ant))
             fr = _Frame(float(ccz), float(ccy), float(hz), float(hy))
             a_post, a_ant = -0.5 * depth, 0.5 * depth
+            # the sagittal plane through the body's own middle rather than the canal's: a
+            # canal estimate a millimetre or two off, or a body beside its canal (L5 at the
+            # lumbosacral junction, a rotated scoliotic body), reads a central depression
+            # off its deepest point, shallower than it is
+            xs = np.arange(-LATERAL_REACH_MM, LATERAL_REACH_MM + 1e-6, step)
+            prof = yield _lateral_request(st, fr, half_h, a_post, depth, xs)
+            found = _lateral_walls(prof, xs)
+            # a body is wider than it is deep (width/depth 1.2-1.4, ANATOMY.md 1a): a
+            # narrower span is a dark dent or cleft inside it, taken for the body's sides
+            if found is not None and found[1] - found[0] >= 0.9 * depth:
+                m.extra["x_offset_mm"] = 0.5 * (found[0] + found[1])
+                m.extra["width_mm"] = found[1] - found[0]
         depth = a_ant - a_post
         inset = max(COLUMN_INSET * depth, 4.0)
         cols3 = [a_ant - inset, a_post + 0.5 * depth, a_post + inset]  # a, m, p
-        sup, inf = _endplates(img, h, a, cols3, half_h)
-        good = all(v is not None for v in sup + inf) and all(
-            s_ > i_ for s_, i_ in zip(sup, inf)  # type: ignore[operator]
-        )
-        if good:
-            sup_a = np.array(sup, dtype=float)
-            inf_a = np.array(inf, dtype=float)
-            zs, ys = fr.to_zy(sup_a, np.array(cols3))
-            zi, yi = fr.to_zy(inf_a, np.array(cols3))
-            hts = np.hypot(zs - zi, ys - yi)
-            # beyond 60% collapse of a wall (vertebra plana) or 70% of the middle (a severe
-            # biconcave body keeps its walls: Hm/Hp down to ~0.35) an endplate was lost, not found
-            if min(hts[0], hts[2]) < 0.4 * hts.max() or hts[1] < 0.3 * hts.max() or hts.min() < 3.0:
-                m.extra["implausible_heights"] = [round(float(x), 1) for x in hts]
-                good = False
+        for widen in (0.0, WIDEN_MM):
+            sup, inf = _endplates(img, h, a, cols3, half_h, widen)
+            good = all(v is not None for v in sup + inf) and all(
+                s_ > i_ for s_, i_ in zip(sup, inf)  # type: ignore[operator]
+            )
+            if good:
+                sup_a = np.array(sup, dtype=float)
+                inf_a = np.array(inf, dtype=float)
+                zs, ys = fr.to_zy(sup_a, np.array(cols3))
+                zi, yi = fr.to_zy(inf_a, np.array(cols3))
+                hts = np.hypot(zs - zi, ys - yi)
+                # beyond 60% collapse of a wall (vertebra plana) or 70% of the middle (a severe
+                # biconcave body keeps its walls: Hm/Hp down to ~0.35) an endplate was lost, not found
+                if min(hts[0], hts[2]) < 0.4 * hts.max() or hts[1] < 0.3 * hts.max() or hts.min() < 3.0:
+                    m.extra["implausible_heights"] = [round(float(x), 1) for x in hts]
+                    good = False
+            if good:
+                m.extra.pop("implausible_heights", None)
+                break
         if good:
             m.points_zy = np.stack([np.concatenate([zs, zi]), np.concatenate([ys, yi])], axis=1)
             m.ha, m.hm, m.hp = (float(x) for x in hts)
@@ -492,6 +534,62 @@ def _measure_steps(
         vals = vals[vals > -900]
         m.trabecular_hu = float(np.median(vals)) if len(vals) else None
     return m
+
+
+def _lateral_request(
+    st: Straightened, fr: _Frame, half_h: float, a_post: float, depth: float, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """Sample request (single taps) for lines across the body, left to right at offsets
+    ``xs`` from the canal's plane: the middle 60% of its height and 25-60% of its depth from
+    the back (clear of the pedicles and rib heads behind, and of the aorta in front)."""
+    hs = np.linspace(-0.3, 0.3, 5) * half_h
+    as_ = a_post + depth * np.linspace(0.25, 0.6, 5)
+    H, A, X = np.meshgrid(hs, as_, xs, indexing="ij")
+    z, y = fr.to_zy(H, A)
+    x = np.interp(z, st.cz, st.cx) + X
+    return z, y, x, False
+
+
+def _lateral_walls(vals: np.ndarray, xs: np.ndarray) -> tuple[float, float] | None:
+    """Left and right lateral wall (mm from the canal's plane) of a body from lines across
+    it (:func:`_lateral_request`), or ``None`` when they are not clear.
+
+    The profile across the body is the median of the lines (a vessel or a rib crossing a few
+    of them does not move it). From the middle outwards each side is followed to its lateral
+    cortex, the first bright rim beyond ``LATERAL_MIN_MM``, and the wall is the steepest fall
+    just outside it, whatever lies beyond (lung, psoas, a contrast-filled aorta).
+    """
+    prof = np.median(vals.reshape(-1, len(xs)), axis=0).astype(np.float64)
+    step = float(xs[1] - xs[0])
+    prof = _gauss1d(prof, 1.0 / step)
+    g = np.gradient(prof, xs)
+    core = float(np.median(prof[np.abs(xs) <= LATERAL_MIN_MM]))
+    walls = []
+    for sign in (-1.0, 1.0):
+        side = np.nonzero(sign * xs >= LATERAL_MIN_MM)[0]
+        if sign < 0:
+            side = side[::-1]  # outwards from the middle
+        p = prof[side]
+        gout = -sign * g[side]  # a fall going outwards is positive
+        # the cortex: the first rise of the profile well above the core, climbed to its top
+        up = np.nonzero(p >= core + LATERAL_RIM_HU)[0]
+        if not len(up):
+            return None
+        k0 = int(up[0])
+        while k0 + 1 < len(p) and p[k0 + 1] >= p[k0]:
+            k0 += 1
+        win = slice(k0, min(len(p), k0 + int(round(5.0 / step)) + 1))
+        k = k0 + int(np.argmax(gout[win]))
+        # the wall leaves the body: 3 mm out the profile is down by half the rim's contrast
+        beyond = p[min(len(p) - 1, k + int(round(3.0 / step)))]
+        if gout[k] <= 0 or beyond > p[k0] - 0.5 * (p[k0] - core):
+            return None
+        walls.append(float(xs[side[k]]))
+    left, right = walls
+    width = right - left
+    if not (LATERAL_WIDTH_MM[0] <= width <= LATERAL_WIDTH_MM[1]) or abs(0.5 * (left + right)) > LATERAL_SHIFT_MM:
+        return None
+    return left, right
 
 
 def _trabecular_request(
@@ -580,8 +678,9 @@ def deformity_score(reduction: float) -> float:
     return float(1.0 / (1.0 + math.exp(-(reduction - 0.20) / 0.025)))
 
 
-def _expected_hp(i: int, meas: list[BodyMeasurement], exclude: set[int]) -> float | None:
-    """Posterior height expected for body ``i`` from up to two measured neighbours each side."""
+def _expected_hp(i: int, meas: list[BodyMeasurement], exclude: set[int], min_n: int = 1) -> float | None:
+    """Posterior height expected for body ``i`` from up to two measured neighbours each side
+    (``None`` with fewer than ``min_n`` of them)."""
     me = meas[i]
     vals = []
     for j in (i - 2, i - 1, i + 1, i + 2):
@@ -596,9 +695,36 @@ def _expected_hp(i: int, meas: list[BodyMeasurement], exclude: set[int]) -> floa
             # unknown levels: heights grow about 4% per level going down (ANATOMY 1a)
             scale = 1.04 ** (j - i)
         vals.append(nb.hp * scale)
-    if not vals:
+    if not vals or len(vals) < min_n:
         return None
     return float(np.median(vals))
+
+
+def drop_implausibly_tall(meas: list[BodyMeasurement], ratio: float = TALL_RATIO) -> list[int]:
+    """Leave unmeasured every body taller than ``ratio`` times what its neighbours lead one to
+    expect (:func:`_expected_hp`): two bodies taken as one (a disc missed) or an endplate taken
+    from the neighbour across a disc. Adjacent levels differ by ~4% in height (ANATOMY.md 1a),
+    so 1.5x is never anatomy; left in, such a body also makes its neighbours look crushed.
+
+    The body keeps its place, level and outline, marked ``partial`` with the heights it had in
+    ``extra["implausible_heights"]``. Returns the indices dropped.
+    """
+    dropped = []
+    for i, m in enumerate(meas):
+        if m.partial or m.hp is None:
+            continue
+        # two neighbours at least: against a single crushed one a normal body looks tall
+        exp = _expected_hp(i, meas, {i}, min_n=2)
+        if exp and m.hp > ratio * exp:
+            dropped.append(i)
+    for i in dropped:  # decided on the measurements as they came, then applied
+        m = meas[i]
+        m.extra["implausible_heights"] = [round(float(x), 1) for x in (m.ha, m.hm, m.hp) if x is not None]
+        m.extra["implausible_reason"] = "taller than its neighbours allow"
+        m.ha = m.hm = m.hp = None
+        m.points_zy = None
+        m.partial = True
+    return dropped
 
 
 def grade_bodies(meas: list[BodyMeasurement]) -> list[Deformity | None]:

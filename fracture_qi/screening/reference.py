@@ -12,7 +12,8 @@ origin for patient coordinates):
 ``centre_zyx_mm``
     Centre of the body ``[z, y, x]``; the axial slice of the level is ``round(z / dz)``.
 ``x_mm``
-    ``x`` of the mid-sagittal plane through the body.
+    ``x`` of the mid-sagittal plane through the body (between its lateral walls where they
+    were found, else the canal's).
 ``points_zy_mm``
     Six-point landmarks ``[[z, y] * 6]``: superior anterior, middle, posterior, then inferior
     anterior, middle, posterior (absent for a body cut by the edge of the view).
@@ -20,9 +21,10 @@ origin for patient coordinates):
     The four corners ``[sup-ant, sup-post, inf-post, inf-ant]`` (from the six points).
 ``outline_zy_mm``
     A closed outline of the body ``[[z, y], ...]`` for drawing on the sagittal reformat.
-``depth_mm``, ``partial``, ``reductions``
-    Body depth, whether it was cut by the view (no heights), and the wedge / biconcave /
-    crush height reductions behind the grade.
+``depth_mm``, ``width_mm``, ``partial``, ``reductions``
+    Body depth, width between its lateral walls (``None`` where they were not clear),
+    whether it was cut by the view or could not be measured (no heights), and the wedge /
+    biconcave / crush height reductions behind the grade.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from fracture_qi.screening.types import MorphType, SeriesResult, VertebraResult
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 #: coarsest z spacing (mm) graded; thicker volumes come back as SLICE_TOO_THICK
 MAX_SLICE_MM = 3.0
@@ -193,6 +195,7 @@ class ReferenceScreener:
         meas = [meas[i] for i in keep]
         if not any(not m.partial for m in meas):
             return self._error("vertebral bodies seen but none could be measured")
+        morphometry.drop_implausibly_tall(meas)
         defs = morphometry.grade_bodies(meas)
         verts: list[VertebraResult] = []
         for m, d in zip(meas, defs):
@@ -240,6 +243,7 @@ def _vertebra_result(m: morphometry.BodyMeasurement, d: morphometry.Deformity | 
         "centre_zyx_mm": [round(float(c), 2) for c in m.centre_zyx] if m.centre_zyx else None,
         "x_mm": round(float(m.centre_zyx[2]), 2) if m.centre_zyx else None,
         "depth_mm": round(float(m.depth), 2) if m.depth else None,
+        "width_mm": round(float(m.extra["width_mm"]), 2) if m.extra.get("width_mm") else None,
         "partial": bool(m.partial),
         "outline_zy_mm": np.round(m.outline_zy, 2).tolist() if m.outline_zy is not None else None,
     }

@@ -396,8 +396,11 @@ class SpineSampler:
         # the band needs a few voxels across the slab to stand for the taps: on coarser x
         # grids (a 3 mm volume) its interpolation widens the slab, and the taps are kept
         self.slab_raw: torch.Tensor | None = None
+        self.slab_x_mm = (0.0, -1.0)  # the x (grid mm) the band serves: none without a band
         if slab_taps > 1 and self.spacing[2] <= slab_mm / 4.0:
             self.slab_raw, self.slab_lo = self._slab_band(path)
+            n_x = int(self.slab_raw.shape[-1])
+            self.slab_x_mm = (float(self.slab_lo[2] * self.spacing[2]), float((self.slab_lo[2] + n_x - 1) * self.spacing[2]))
 
     def _region(self, lo: np.ndarray, hi: np.ndarray) -> torch.Tensor:
         """``hu[lo:hi]`` (voxel indices, z/y/x) as float32 on the device."""
@@ -468,9 +471,17 @@ class SpineSampler:
         lo_mm = -0.5 * self.spacing
         hi_mm = (self.vol_shape - 0.5) * self.spacing
         slab = len(self.offsets) > 1
-        # two groups, slab (from the band, or the taps) and single-tap, each a flat run of
-        # points: the arithmetic is done once per group, not per request
-        groups = [[i for i, r in enumerate(requests) if r[3] and slab],
+        # three groups, each a flat run of points (the arithmetic is done once per group, not
+        # per request): slab samples from the band, slab samples from the taps (no band, or
+        # a plane beside the canal beyond the band's x) and single-tap samples
+        def in_band(r: tuple) -> bool:  # type: ignore[type-arg]
+            if self.slab_raw is None:
+                return False
+            x = np.asarray(r[2])
+            return bool(x.size == 0 or (x.min() >= self.slab_x_mm[0] and x.max() <= self.slab_x_mm[1]))
+
+        groups = [[i for i, r in enumerate(requests) if r[3] and slab and in_band(r)],
+                  [i for i, r in enumerate(requests) if r[3] and slab and not in_band(r)],
                   [i for i, r in enumerate(requests) if not (r[3] and slab)]]
         res: list[np.ndarray | None] = [None] * len(requests)
         for g_idx, idx in enumerate(groups):
@@ -480,8 +491,9 @@ class SpineSampler:
             inside = np.ones(len(axes[0]), dtype=bool)
             for a in range(3):
                 inside &= (axes[a] >= lo_mm[a]) & (axes[a] <= hi_mm[a])
-            offs = self.offsets if g_idx == 0 and self.slab_raw is None else np.zeros(1)
-            if g_idx == 0 and self.slab_raw is not None:
+            offs = self.offsets if g_idx == 1 else np.zeros(1)
+            if g_idx == 0:
+                assert self.slab_raw is not None
                 src, lo = self.slab_raw, self.slab_lo
             else:  # the box the points (and their taps) span, a voxel to spare
                 lo_pt = np.array([axes[a].min() for a in range(3)])
