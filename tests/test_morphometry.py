@@ -184,6 +184,9 @@ def test_a_measurement_that_fails_is_retried_with_a_wider_reach() -> None:
     assert sup[0] is None or abs(sup[0] + 2.5) > 1.5  # out of the usual reach
     sup, _ = morphometry._endplates(img, h, a, cols, half_h=13.0, widen=morphometry.WIDEN_MM)
     assert abs(sup[0] + 2.5) < 1.0 and abs(sup[2] - 13.0) < 1.0, sup
+    # the first look's retry only reaches outward (a concave endplate's rim past the span)
+    sup, _ = morphometry._endplates(img, h, a, cols, half_h=13.0, widen=morphometry.WIDEN_MM, inward=False)
+    assert sup[0] is None or abs(sup[0] + 2.5) > 1.5
 
 
 def _across(walls: tuple[float, float], core: float, rim: float, outside: float, step: float = 0.5):  # type: ignore[no-untyped-def]

@@ -301,7 +301,8 @@ def _first_fall(x: np.ndarray, g: np.ndarray, lo: float, hi: float, default: flo
 
 
 def _endplates(
-    img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float, widen: float = 0.0
+    img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float, widen: float = 0.0,
+    inward: bool = True,
 ) -> tuple[list[float | None], list[float | None]]:
     """Superior and inferior endplate surface (``h``, mm) at each column ``cols``.
 
@@ -333,7 +334,7 @@ def _endplates(
     def path(lo: float, hi: float, rising: bool) -> list[float | None]:
         return _endplate_path(_edge_candidates(h, sm, g, lo, hi, rising), grid, half_h)
 
-    inner = 0.1 * half_h + widen
+    inner = 0.1 * half_h + (widen if inward else 0.0)
     sup_p = path(-inner, half_h + ext, False)
     if all(v is None for v in sup_p):
         sup_p = path(-inner, half_h + ext + WIDEN_MM, False)
@@ -445,6 +446,10 @@ def _measure_steps(
             # tilt of the endplates in this frame -> rotate the frame onto the body's axis
             cols = [a_post + f * depth for f in (0.15, 0.3, 0.7, 0.85)]
             sup, inf = _endplates(img, hh, aa, cols, half_h)
+            if any(v is None for v in sup + inf):
+                # the span from the disc centres can be short of the body (a concave endplate's
+                # rim lies past the reach): a column with no endplate is looked for once more
+                sup, inf = _endplates(img, hh, aa, cols, half_h, WIDEN_MM, inward=False)
             slopes = []
             for e in (sup, inf):
                 ok = [(c, v) for c, v in zip(cols, e) if v is not None]
