@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from realdata_helpers import (  # noqa: E402
     TOTALSEG_LEVEL_IDS,
+    crush_slices,
     expected_grade,
     load_example_body_mask,
     load_example_ct,
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 # accuracy.py; whether the screener also named its level is reported apart
                 zz = np.nonzero(mask)[0]
                 z0, z1 = int(zz.min()), int(zz.max())
-                top = z1 - int(np.round(loss * (z1 - z0 + 3))) if kind == "crush" else z1
+                top = z1 - crush_slices(mask, loss)[2] if kind == "crush" else z1
                 z_true = 0.5 * (z0 + top) * vol.spacing[0]
                 placed = [x for x in res.vertebrae if (x.geometry or {}).get("centre_zyx_mm")]
                 near = sorted(placed, key=lambda x: abs(x.geometry["centre_zyx_mm"][0] - z_true))

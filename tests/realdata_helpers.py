@@ -121,6 +121,15 @@ def mask_heights(mask: np.ndarray, spacing: tuple[float, float, float], inset: f
     return out
 
 
+def crush_slices(mask: np.ndarray, loss: float) -> tuple[int, int, int]:
+    """The slices a crush of ``loss`` resamples (``z0..z1``: the body with its partial-volume
+    rim, a slice either side) and how many whole slices it loses (``d``), as
+    :func:`plant_compression` plants it. The crushed body's mask then ends ``d`` slices lower."""
+    zz = np.nonzero(mask)[0]
+    z0, z1 = max(int(zz.min()) - 1, 0), min(int(zz.max()) + 1, mask.shape[0] - 1)
+    return z0, z1, int(np.round(loss * (z1 - z0 + 1)))
+
+
 def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -> CTVolume:
     """Compress one vertebral body along z (its axis in this CT), as each fracture does.
 
@@ -148,9 +157,8 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
     x0, x1 = jj.min(), jj.max()
     yc, xc = 0.5 * (y0 + y1), 0.5 * (x0 + x1)
     if kind == "crush":
-        z0, z1 = max(int(zz.min()) - 1, 0), min(int(zz.max()) + 1, nz - 1)  # with the rim
+        z0, z1, d = crush_slices(mask, loss)
         n = z1 - z0 + 1
-        d = int(np.round(loss * n))  # slices lost
         zs = np.arange(nz - d, dtype=np.float64)
         src = np.where(zs < z0, zs, np.where(zs <= z1 - d, z0 + (zs - z0) * n / (n - d), zs + d))
         k = np.floor(src).astype(int)

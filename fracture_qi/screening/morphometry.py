@@ -310,10 +310,12 @@ def _endplates(
     through per-column candidates), then read at the requested columns.
 
     ``widen`` (mm) is the second look of a measurement that failed: the windows reach that
-    much further past the disc centres, and that much further inward, where the superior
-    endplate of a severe wedge lies at its front. Only the outermost columns (the walls)
-    are read there: a middle reading beyond the usual inner reach is texture inside the body
-    (a biconcave body keeps its centre within it), and is left unread.
+    much further past the disc centres, and (``inward``) that much further inward, where the
+    superior endplate of a severe wedge lies at its front. On every look only the outermost
+    columns (the walls) may be read beyond the usual inner reach (``0.1 * half_h`` past the
+    centre): a middle reading there is texture inside the body (a biconcave body keeps its
+    centre within it), and is left unread. On the usual look that reach is the window's own
+    bound, which a candidate passes only by its cortex peak lying inward of its step.
     """
     step = float(a[1] - a[0])
     grid = np.linspace(min(cols), max(cols), 9)
@@ -347,7 +349,7 @@ def _endplates(
         for c in cols:
             v = chosen[int(np.argmin(np.abs(grid - c)))]
             if v is not None and min(cols) < c < max(cols) and sign * v < -0.1 * half_h:
-                v = None  # a middle column within the body's inner part (see above)
+                v = None  # a middle column within the body's inner part (see the docstring)
             out.append(v)
         return out
 
@@ -481,10 +483,10 @@ def _measure_steps(
             # off its deepest point, shallower than it is
             xs = np.arange(-LATERAL_REACH_MM, LATERAL_REACH_MM + 1e-6, step)
             prof = yield _lateral_request(st, fr, half_h, a_post, depth, xs)
-            found = _lateral_walls(prof, xs)
             # a body is wider than it is deep (width/depth 1.2-1.4, ANATOMY.md 1a): a
             # narrower span is a dark dent or cleft inside it, taken for the body's sides
-            if found is not None and found[1] - found[0] >= 0.9 * depth:
+            found = _lateral_walls(prof, xs, min_width=0.9 * depth)
+            if found is not None:
                 m.extra["x_offset_mm"] = 0.5 * (found[0] + found[1])
                 m.extra["width_mm"] = found[1] - found[0]
         depth = a_ant - a_post
@@ -555,9 +557,10 @@ def _lateral_request(
     return z, y, x, False
 
 
-def _lateral_walls(vals: np.ndarray, xs: np.ndarray) -> tuple[float, float] | None:
+def _lateral_walls(vals: np.ndarray, xs: np.ndarray, min_width: float = 0.0) -> tuple[float, float] | None:
     """Left and right lateral wall (mm from the canal's plane) of a body from lines across
-    it (:func:`_lateral_request`), or ``None`` when they are not clear.
+    it (:func:`_lateral_request`), or ``None`` when they are not clear: a width outside
+    ``LATERAL_WIDTH_MM`` or under ``min_width``, or a shift beyond ``LATERAL_SHIFT_MM``.
 
     The profile across the body is the median of the lines (a vessel or a rib crossing a few
     of them does not move it). From the middle outwards each side is followed to its lateral
@@ -592,7 +595,8 @@ def _lateral_walls(vals: np.ndarray, xs: np.ndarray) -> tuple[float, float] | No
         walls.append(float(xs[side[k]]))
     left, right = walls
     width = right - left
-    if not (LATERAL_WIDTH_MM[0] <= width <= LATERAL_WIDTH_MM[1]) or abs(0.5 * (left + right)) > LATERAL_SHIFT_MM:
+    too_narrow = width < max(LATERAL_WIDTH_MM[0], min_width)
+    if too_narrow or width > LATERAL_WIDTH_MM[1] or abs(0.5 * (left + right)) > LATERAL_SHIFT_MM:
         return None
     return left, right
 

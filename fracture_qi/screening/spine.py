@@ -372,7 +372,7 @@ class SpineSampler:
     across ``x``; points outside the *volume* read as air (-1000 HU).
 
     Nothing is converted to float but what is sampled. Slab samples (the straightened image,
-    the body patches, the reformat) all lie in the band of ``x`` that the canal sweeps: that
+    the body patches, the reformat) mostly lie in the band of ``x`` that the canal sweeps: that
     band (every row; ``y`` from 115 mm anterior to 50 mm posterior of the canal) is made
     float32 once and averaged across ``x`` at the voxels, with the weights the ``slab_taps``
     linear taps give each voxel; a slab sample is then one trilinear tap into it. At whole
@@ -380,8 +380,9 @@ class SpineSampler:
     means (on a 0.8 mm phantom: median 0.4 HU, 99th percentile 4 HU from the taps;
     ``tests/test_spine.py``): a fifth of the sampling of five taps. On grids coarser than a
     quarter of the slab (a 3 mm volume) the band would widen the slab, so the taps are
-    sampled there as they are. Single-tap samples (rib heads, trabecular cores) and taps are
-    read from a float copy of just the box their points span, made per call.
+    sampled there as they are, and so are slab samples beyond the band (a body measured in a
+    plane beside its canal). Single-tap samples (rib heads, trabecular cores, lines across a
+    body) and taps are read from a float copy of just the box their points span, made per call.
     """
 
     def __init__(
@@ -474,15 +475,17 @@ class SpineSampler:
         # three groups, each a flat run of points (the arithmetic is done once per group, not
         # per request): slab samples from the band, slab samples from the taps (no band, or
         # a plane beside the canal beyond the band's x) and single-tap samples
-        def in_band(r: tuple) -> bool:  # type: ignore[type-arg]
+        def group(r: tuple) -> int:  # type: ignore[type-arg]
+            if not (r[3] and slab):
+                return 2
             if self.slab_raw is None:
-                return False
+                return 1
             x = np.asarray(r[2])
-            return bool(x.size == 0 or (x.min() >= self.slab_x_mm[0] and x.max() <= self.slab_x_mm[1]))
+            in_band = x.size == 0 or (x.min() >= self.slab_x_mm[0] and x.max() <= self.slab_x_mm[1])
+            return 0 if in_band else 1
 
-        groups = [[i for i, r in enumerate(requests) if r[3] and slab and in_band(r)],
-                  [i for i, r in enumerate(requests) if r[3] and slab and not in_band(r)],
-                  [i for i, r in enumerate(requests) if not (r[3] and slab)]]
+        which = [group(r) for r in requests]
+        groups = [[i for i, g in enumerate(which) if g == k] for k in range(3)]
         res: list[np.ndarray | None] = [None] * len(requests)
         for g_idx, idx in enumerate(groups):
             if not idx:
