@@ -142,6 +142,14 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
     ``biconcave``: the endplate is pushed in, ``loss`` at the centre falling to 0 at 70% of
     the radius, and the disc fills the dent.
 
+    A wedge or a dent squeezes only the trabecular interior: the inferior endplate (the
+    mask's first slice in that column and what lies below it), which neither fracture
+    touches, keeps its slices, and the superior endplate with the rim above it moves down as
+    a whole. At 3 mm an endplate's cortex is one slice; resampling the whole column at a
+    stretch of 1.3-2 (the previous planting) skipped it, so a wedge's intact inferior
+    endplate faded at the front, and the screener read the next endplate down. A crush
+    involves both endplates and resamples the body's whole slab, as before.
+
     The disc's HU is its median just above the middle of the body. A wedge warps the mask
     grown by a voxel: at 3 mm the masks stop short of the partial-volume rim of the cortex,
     and a rim left at the old height draws a second, phantom endplate across the fracture
@@ -189,12 +197,18 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
                 f = loss * max(0.0, 1.0 - (r / 0.7) ** 2)  # endplate dome inside 70% of the radius
             if f <= 0:
                 continue
-            h = (z1 - z0 + 1) * (1 - f)
-            src_col = hu[z0 : z1 + 1, i, j].copy()
-            zc = np.arange(z0, z1 + 1)
-            tc = (zc - z0) / max(h, 1e-3) * (z1 - z0 + 1)
-            new = np.interp(tc, np.arange(z1 - z0 + 1), src_col)
-            new[(zc - z0) >= h] = fill
+            n = z1 - z0 + 1
+            # the endplates' slices in this column: the mask's own first and last (a rim column
+            # outside the mask: one slice in from each end)
+            own = np.nonzero(mask[:, i, j])[0]
+            kb, kt = (own.min() - z0, own.max() - z0) if len(own) >= 3 else (1, n - 2)
+            lost = min(f * n, kt - kb - 1.0)
+            k = np.arange(n, dtype=np.float64)
+            # below the inferior endplate: as it was; the interior squeezed by `lost`; the
+            # superior endplate and the rim above it moved down by `lost`; then the disc's HU
+            tc = np.where(k <= kb, k, np.where(k < kt - lost, kb + (k - kb) * (kt - kb) / (kt - kb - lost), k + lost))
+            new = np.interp(tc, np.arange(n), hu[z0 : z1 + 1, i, j])
+            new[k >= n - lost] = fill
             hu[z0 : z1 + 1, i, j] = new
     return CTVolume(hu=np.clip(hu, -1024, 3071).astype(np.int16), spacing=vol.spacing, origin=vol.origin)
 

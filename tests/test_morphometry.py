@@ -243,3 +243,25 @@ def test_a_body_far_taller_than_its_neighbours_is_left_unmeasured() -> None:
     two = _column(LUMBAR)[:2]
     two[0].hp = two[0].hp * 0.5  # type: ignore[operator]
     assert drop_implausibly_tall(two) == []
+
+
+def test_wall_slant_is_read_from_the_body_rows() -> None:
+    """L5's axis takes its walls into account: the slant of each wall is read in the rows
+    between its endplates (a line fit that a few rows off the wall do not pull), and a
+    patch with too few body rows gives no slant."""
+    import numpy as np
+
+    from fracture_qi.screening import morphometry
+
+    h = np.arange(-20.0, 20.0 + 1e-6, 0.5)
+    a = np.arange(-35.0, 35.0 + 1e-6, 0.5)
+    hh, aa = np.meshgrid(h, a, indexing="ij")
+    # a trapezoid: the posterior wall upright, the anterior wall 0.4 mm forward per mm up
+    inside = (np.abs(hh) <= 14.0) & (aa >= -16.0) & (aa <= 16.0 + 0.4 * hh)
+    img = np.where(inside, 200.0, 20.0) + np.random.default_rng(1).normal(0.0, 8.0, hh.shape)
+    img[np.abs(h - 3.0) < 0.3, :] = 20.0  # one dark row (a vessel channel): outvoted
+    got = morphometry._wall_slopes(img, h, a, -16.0, 16.0, -14.0, 14.0)
+    assert got is not None
+    assert abs(got[0] - 0.4) < 0.05 and abs(got[1]) < 0.05, got
+    # endplates 3 mm apart leave no middle rows to fit
+    assert morphometry._wall_slopes(img, h, a, -16.0, 16.0, -1.5, 1.5) is None

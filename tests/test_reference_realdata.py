@@ -69,6 +69,19 @@ def test_heights_match_the_masks(example, realdata: Path) -> None:  # type: igno
     assert res.l1_hu is not None and 60.0 < res.l1_hu < 250.0 and res.bone_density_level == "L1"
 
 
+def test_l5_is_measured_along_its_own_axis(example) -> None:  # type: ignore[no-untyped-def]
+    """L5 is a trapezoid (taller in front) whose anterior wall slants back to the sacrum. Its
+    axis takes its walls into account, not only its endplates: measured on the canal's axis it
+    read Ha 22 mm against the mask's 30.5, shorter than its Hp."""
+    vol, lab, body, res = example
+    v = next(x for x in res.vertebrae if x.level == "L5")
+    mh = mask_heights((lab == TOTALSEG_LEVEL_IDS["L5"]) & body, vol.spacing, inset=0.12)
+    errs = [abs(v.ha_mm - mh["ha"]), abs(v.hm_mm - mh["hm"]), abs(v.hp_mm - mh["hp"])]
+    assert max(errs) < 3.0, errs
+    assert v.ha_mm > v.hp_mm and v.geometry is not None
+    assert v.genant_grade == 0
+
+
 @pytest.mark.parametrize(
     "level,kind,loss",
     [

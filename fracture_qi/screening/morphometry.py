@@ -47,6 +47,9 @@ NORMAL_HP: dict[str, float] = {
 }
 #: levels graded without the Ha/Hp rule (L5: "exclude from simple Ha/Hp rules", ANATOMY.md 1d)
 NO_WEDGE_RULE = frozenset({"L5"})
+#: levels whose axis is the mean direction of all four sides, walls included (L5's trapezoid:
+#: its endplates diverge, see :func:`_measure_steps`); every other level takes its endplates'
+WALL_AXIS_LEVELS = frozenset({"L5"})
 #: a body measured taller than this many times its neighbours' expected height is left
 #: unmeasured (see ``drop_implausibly_tall``)
 TALL_RATIO = 1.5
@@ -282,6 +285,44 @@ def _walls(
     return ap, aa
 
 
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Median of the pairwise slopes of ``y`` against ``x`` over the finite points (``None``
+    with fewer than four): a line fit that a few rows off the wall do not pull."""
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 4:
+        return None
+    i, j = np.triu_indices(len(x), 1)
+    d = x[j] - x[i]
+    keep = d != 0
+    return float(np.median((y[j] - y[i])[keep] / d[keep])) if keep.any() else None
+
+
+def _wall_slopes(
+    img: np.ndarray, h: np.ndarray, a: np.ndarray, a_post: float, a_ant: float, inf: float, sup: float
+) -> tuple[float, float] | None:
+    """Slant (``da/dh``) of the anterior and posterior wall of a body patch.
+
+    Read in the rows of the middle 60% of the height between the endplates ``inf`` and
+    ``sup``: the anterior wall is each row's first strong fall within 8 mm of ``a_ant``, the
+    posterior wall its steepest rise within 6 mm of ``a_post``. ``None`` when either wall has
+    too few rows to fit.
+    """
+    span = sup - inf
+    rows = np.nonzero((h > inf + 0.2 * span) & (h < sup - 0.2 * span))[0]
+    if len(rows) < 4:
+        return None
+    prof = _gauss1d(img[rows].astype(np.float64), 1.0, axis=1)
+    g = np.gradient(prof, a, axis=1)
+    ant = np.array([_first_fall(a, gr, a_ant - 8.0, a_ant + 8.0, np.nan) for gr in g])
+    near = np.abs(a - a_post) <= 6.0
+    if not near.any():
+        return None
+    post = a[near][np.argmax(g[:, near], axis=1)].astype(np.float64)
+    sa, sp = _theil_sen(h[rows], ant), _theil_sen(h[rows], post)
+    return None if sa is None or sp is None else (sa, sp)
+
+
 def _first_fall(x: np.ndarray, g: np.ndarray, lo: float, hi: float, default: float) -> float:
     """The first (most posterior) strong fall of a profile between ``lo`` and ``hi``.
 
@@ -466,6 +507,16 @@ def _measure_steps(
             # the body, and a body next to a wedge-shaped disc sits off them anteriorly
             sv = [v for v in sup if v is not None]
             iv = [v for v in inf if v is not None]
+            if bd.level in WALL_AXIS_LEVELS and len(slopes) == 2 and sv and iv and min(sv) > max(iv):
+                # L5 is a trapezoid: its endplates diverge anteriorly and its anterior wall
+                # slants back towards the sacrum, so neither the canal (which bends at the
+                # lumbosacral angle) nor the endplates alone give its axis. All four sides vote:
+                # the mean direction of the two endplates and the two walls
+                ws = _wall_slopes(img, hh, aa, a_post, a_ant, max(iv), min(sv))
+                if ws is not None:
+                    sides = [np.arctan(slopes[0]), np.arctan(slopes[1]), -np.arctan(ws[0]), -np.arctan(ws[1])]
+                    ang = float(np.clip(np.mean(sides), -0.5, 0.5))
+                    m.extra["axis_from_walls"] = True
             h_c = 0.0
             if len(sv) >= 2 and len(iv) >= 2 and min(sv) > max(iv):
                 h_c = float(0.5 * (max(sv) + min(iv)))
