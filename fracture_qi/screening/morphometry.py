@@ -503,11 +503,10 @@ def _measure_steps(
             ang = 0.0
             if len(slopes) == 2 and abs(slopes[0] - slopes[1]) <= 0.15:
                 ang = float(np.arctan(np.clip(np.mean(slopes), -0.3, 0.3)))
-            # re-centre on the endplates found: the disc centres came from the posterior half of
-            # the body, and a body next to a wedge-shaped disc sits off them anteriorly
             sv = [v for v in sup if v is not None]
             iv = [v for v in inf if v is not None]
-            if bd.level in WALL_AXIS_LEVELS and len(slopes) == 2 and sv and iv and min(sv) > max(iv):
+            apart = len(sv) >= 2 and len(iv) >= 2 and min(sv) > max(iv)  # both found, in order
+            if bd.level in WALL_AXIS_LEVELS and len(slopes) == 2 and apart:
                 # L5 is a trapezoid: its endplates diverge anteriorly and its anterior wall
                 # slants back towards the sacrum, so neither the canal (which bends at the
                 # lumbosacral angle) nor the endplates alone give its axis. All four sides vote:
@@ -516,9 +515,10 @@ def _measure_steps(
                 if ws is not None:
                     sides = [np.arctan(slopes[0]), np.arctan(slopes[1]), -np.arctan(ws[0]), -np.arctan(ws[1])]
                     ang = float(np.clip(np.mean(sides), -0.5, 0.5))
-                    m.extra["axis_from_walls"] = True
+            # re-centre on the endplates found: the disc centres came from the posterior half of
+            # the body, and a body next to a wedge-shaped disc sits off them anteriorly
             h_c = 0.0
-            if len(sv) >= 2 and len(iv) >= 2 and min(sv) > max(iv):
+            if apart:
                 h_c = float(0.5 * (max(sv) + min(iv)))
                 half_h = float(0.5 * (max(sv) - min(iv))) + 1.5
             # rotate so that the mean endplate direction becomes the "anterior" axis
