@@ -8,12 +8,12 @@ Usage::
 TotalSegmentator's example CT (``../shared/realdata/totalsegmentator``: 3 mm, T11 to the
 sacrum, no fracture) has one body at a time compressed by
 ``tests/realdata_helpers.plant_compression`` (wedge, biconcave, crush; the same planting as
-``tests/test_reference_realdata.py``, whose six cases are a subset of this grid). For every
+``tests/test_reference_realdata.py``, whose nine cases are a subset of this grid). For every
 case: was the planted body found (the measured body nearest where it now lies, within 12 mm,
 as ``benchmarks/accuracy.py`` matches bodies) and measured, its grade against the grade the
 planted loss means under the grading rule (``expected_grade``), whether its level was named
 right (reported apart: where the sacrum and rib anchors disagree, levels are left empty), and
-whether any other body was graded 2 or more. The tests assert six cases; this reports the
+whether any other body was graded 2 or more. The tests assert nine cases; this reports the
 whole grid, so that a change that helps some cases and hurts others shows.
 """
 
@@ -72,15 +72,17 @@ def main(argv: list[str] | None = None) -> int:
                 # accuracy.py; whether the screener also named its level is reported apart
                 zz = np.nonzero(mask)[0]
                 z0, z1 = int(zz.min()), int(zz.max())
-                top = z1 - crush_slices(mask, loss)[2] if kind == "crush" else z1
-                z_true = 0.5 * (z0 + top) * vol.spacing[0]
+                # a crush loses whole slices: its grade follows the loss actually planted
+                lost, planted_loss = (crush_slices(vol, mask, loss)[2:] if kind == "crush" else (0, loss))
+                z_true = 0.5 * (z0 + z1 - lost) * vol.spacing[0]
                 placed = [x for x in res.vertebrae if (x.geometry or {}).get("centre_zyx_mm")]
                 near = sorted(placed, key=lambda x: abs(x.geometry["centre_zyx_mm"][0] - z_true))
                 v = near[0] if near and abs(near[0].geometry["centre_zyx_mm"][0] - z_true) < 12.0 else None
-                want = expected_grade(base[level], kind, loss)
+                want = expected_grade(base[level], kind, planted_loss)
                 measured = v is not None and v.ha_mm is not None
                 rows.append({
-                    "level": level, "kind": kind, "loss": loss, "expected_grade": want,
+                    "level": level, "kind": kind, "loss": loss, "planted_loss": round(planted_loss, 3),
+                    "expected_grade": want,
                     "found": v is not None, "named": v is not None and v.level == level,
                     "named_as": None if v is None else v.level, "measured": measured,
                     "grade": None if v is None else v.genant_grade,
@@ -118,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         "by_level": {lv: frac([r for r in graded if r["level"] == lv]) for lv in args.levels},
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    print("| level | type | loss | expected | found grade (type) | named as | within one |")
+    print("| level | type | loss (planted) | expected | found grade (type) | named as | within one |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         got = "not found" if not r["found"] else ("unmeasured" if not r["measured"] else f"{r['grade']} ({r['type']})")
-        print(f"| {r['level']} | {r['kind']} | {r['loss']:.2f} | {r['expected_grade']} | {got} | "
+        loss = f"{r['loss']:.2f}" + (f" ({r['planted_loss']:.2f})" if r["planted_loss"] != r["loss"] else "")
+        print(f"| {r['level']} | {r['kind']} | {loss} | {r['expected_grade']} | {got} | "
               f"{r['named_as'] or '-'} | {'yes' if r['within_one'] else 'no'} |")
     print(json.dumps(summary, indent=1))
     if args.out:

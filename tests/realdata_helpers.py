@@ -121,22 +121,49 @@ def mask_heights(mask: np.ndarray, spacing: tuple[float, float, float], inset: f
     return out
 
 
-def crush_slices(mask: np.ndarray, loss: float) -> tuple[int, int, int]:
-    """The slices a crush of ``loss`` resamples (``z0..z1``: the body with its partial-volume
-    rim, a slice either side) and how many whole slices it loses (``d``), as
-    :func:`plant_compression` plants it. The crushed body's mask then ends ``d`` slices lower."""
+def _central_profile(mask: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Mean HU per slice of the body's central columns (within 30% of its centre in y and x)."""
+    _, ii, jj = np.nonzero(mask)
+    y0, y1, x0, x1 = ii.min(), ii.max(), jj.min(), jj.max()
+    ry, rx = max(1, int(0.3 * (y1 - y0))), max(1, int(0.3 * (x1 - x0)))
+    yc, xc = int(round(0.5 * (y0 + y1))), int(round(0.5 * (x0 + x1)))
+    return hu[:, yc - ry : yc + ry + 1, xc - rx : xc + rx + 1].astype(np.float64).mean(axis=(1, 2))
+
+
+def crush_slices(vol: CTVolume, mask: np.ndarray, loss: float) -> tuple[int, int, int, float]:
+    """How :func:`plant_compression` plants a crush of ``loss``: ``(z0, z1, d, planted)``.
+
+    The trabecular interior ``z0..z1`` of the body, between the slices of its two endplate
+    cortices, loses ``d`` whole slices; the superior endplate, the disc above and the spine
+    above all come down by ``d`` slices. ``d`` is ``loss`` of the body's posterior height
+    (from its mask) rounded to whole slices, so the loss actually planted, ``planted``, is
+    ``d`` slices over that height (at 3 mm a slice is about a tenth of a lumbar body).
+
+    Each cortex is the brightest slice of the body's central columns within three slices of
+    that end of the mask. At 3 mm a disc is one or two slices and lies partly inside the
+    mask's end slices: a slab reaching past the cortices (the previous planting) was
+    resampled across the discs and erased them (L1's upper disc went from 80 HU to 110-128).
+    """
     zz = np.nonzero(mask)[0]
-    z0, z1 = max(int(zz.min()) - 1, 0), min(int(zz.max()) + 1, mask.shape[0] - 1)
-    return z0, z1, int(np.round(loss * (z1 - z0 + 1)))
+    k0, k1 = int(zz.min()), int(zz.max())
+    prof = _central_profile(mask, vol.hu)
+    lo = k0 + int(np.argmax(prof[k0 : k0 + 4]))
+    hi = k1 - 3 + int(np.argmax(prof[k1 - 3 : k1 + 1]))
+    z0, z1 = lo + 1, hi - 1
+    hp = mask_heights(mask, vol.spacing)["hp"]
+    dz = float(vol.spacing[0])
+    d = min(max(int(np.floor(loss * hp / dz + 0.5)), 1), z1 - z0)  # at least one interior slice left
+    return z0, z1, d, d * dz / hp
 
 
 def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -> CTVolume:
     """Compress one vertebral body along z (its axis in this CT), as each fracture does.
 
     ``crush``: the body loses ``loss`` of its height uniformly and the spine above comes down
-    with it: the body's slab is resampled shorter and every slice above moves down by whole
-    slices (a fractional shift would blur each endplate above; the scan then ends that much
-    lower). No gap opens and the discs keep their thickness, as in a patient.
+    with it: the trabecular interior between its endplate cortices is resampled shorter and
+    every slice above moves down by whole slices (a fractional shift would blur each endplate
+    above; the scan then ends that much lower). No gap opens and the discs and endplates keep
+    their slices, as in a patient (see :func:`crush_slices`).
     ``wedge``: the loss grows from 0 at the posterior wall to ``loss`` at the anterior wall;
     the collapsed front of the body takes the HU of the disc above, which follows it down.
     ``biconcave``: the endplate is pushed in, ``loss`` at the centre falling to 0 at 70% of
@@ -147,8 +174,7 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
     touches, keeps its slices, and the superior endplate with the rim above it moves down as
     a whole. At 3 mm an endplate's cortex is one slice; resampling the whole column at a
     stretch of 1.3-2 (the previous planting) skipped it, so a wedge's intact inferior
-    endplate faded at the front, and the screener read the next endplate down. A crush
-    involves both endplates and resamples the body's whole slab, as before.
+    endplate faded at the front, and the screener read the next endplate down.
 
     The disc's HU is its median just above the middle of the body. A wedge warps the mask
     grown by a voxel: at 3 mm the masks stop short of the partial-volume rim of the cortex,
@@ -165,10 +191,11 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
     x0, x1 = jj.min(), jj.max()
     yc, xc = 0.5 * (y0 + y1), 0.5 * (x0 + x1)
     if kind == "crush":
-        z0, z1, d = crush_slices(mask, loss)
+        z0, z1, d, _ = crush_slices(vol, mask, loss)
         n = z1 - z0 + 1
         zs = np.arange(nz - d, dtype=np.float64)
-        src = np.where(zs < z0, zs, np.where(zs <= z1 - d, z0 + (zs - z0) * n / (n - d), zs + d))
+        # the interior's n slices sampled at n - d points from its first to its last slice
+        src = np.where(zs < z0, zs, np.where(zs <= z1 - d, z0 + (zs - z0) * (n - 1) / max(n - d - 1, 1), zs + d))
         k = np.floor(src).astype(int)
         t = (src - k)[:, None, None].astype(np.float32)
         out = hu[k] * (1 - t) + hu[np.minimum(k + 1, nz - 1)] * t
@@ -202,7 +229,9 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
             # outside the mask: one slice in from each end)
             own = np.nonzero(mask[:, i, j])[0]
             kb, kt = (own.min() - z0, own.max() - z0) if len(own) >= 3 else (1, n - 2)
-            lost = min(f * n, kt - kb - 1.0)
+            # the loss is a fraction of the body's height in this column (its own slices), not
+            # of the grown column, which is two rim slices longer (a 35% wedge lost 42% of Ha)
+            lost = min(f * (kt - kb + 1), kt - kb - 1.0)
             k = np.arange(n, dtype=np.float64)
             # below the inferior endplate: as it was; the interior squeezed by `lost`; the
             # superior endplate and the rim above it moved down by `lost`; then the disc's HU
@@ -215,9 +244,10 @@ def plant_compression(vol: CTVolume, mask: np.ndarray, kind: str, loss: float) -
 
 def expected_grade(before, kind: str, loss: float) -> int:  # type: ignore[no-untyped-def]
     """Genant grade the planted loss should produce, from the screener's own unplanted heights
-    of that body and its grading rule: a planted wedge loses ``loss`` at the anterior wall
-    but only ~(1 - inset) of it at the anterior column; a biconcave plant the full ``loss``
-    at the middle column."""
+    of that body and its grading rule: a planted wedge loses ``loss`` at the anterior wall,
+    falling linearly to nothing at the posterior wall, so ~(1 - inset) of it at the anterior
+    column and ~inset of it at the posterior column; a biconcave plant the full ``loss`` at
+    the middle column and nothing at the other two (they lie outside its dome)."""
     from fracture_qi.screening.morphometry import (
         COLUMN_INSET,
         NORMAL_HA_HP,
@@ -229,6 +259,7 @@ def expected_grade(before, kind: str, loss: float) -> int:  # type: ignore[no-un
     e_a, e_m = NORMAL_HA_HP[before.level], NORMAL_HM_HP[before.level]
     if kind == "wedge":
         ha = ha * (1.0 - loss * (1.0 - COLUMN_INSET))
+        hp = hp * (1.0 - loss * COLUMN_INSET)
         red = 1.0 - (ha / hp) / e_a
     elif kind == "biconcave":
         red = 1.0 - (hm * (1.0 - loss) / max(ha / e_a, hp)) / e_m

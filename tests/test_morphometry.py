@@ -265,3 +265,27 @@ def test_wall_slant_is_read_from_the_body_rows() -> None:
     assert abs(got[0] - 0.4) < 0.05 and abs(got[1]) < 0.05, got
     # endplates 3 mm apart leave no middle rows to fit
     assert morphometry._wall_slopes(img, h, a, -16.0, 16.0, -1.5, 1.5) is None
+
+
+def test_a_faint_column_on_a_step_is_placed_by_its_firm_neighbours() -> None:
+    """A stepped endplate (the real CT's L1: its posterior part ~5 mm higher than its front)
+    meets a column-wise search at a slant right at the step: that column has only faint
+    edges above and below the step, and taking either read L1's Hm 2.5 mm off its mask.
+    A faint reading between two firm ones takes their mean; firm readings stay as found."""
+    import numpy as np
+
+    from fracture_qi.screening import morphometry
+
+    cols = np.linspace(-15.0, 15.0, 9)
+    firm = 100.0
+    cands = [np.array([[14.0, firm]])] * 4 + [np.array([[4.5, 16.0], [14.4, 15.0]])] + [np.array([[9.3, firm]])] * 4
+    got = morphometry._endplate_path(cands, cols, 16.0)
+    assert got[:4] == [14.0] * 4 and got[5:] == [9.3] * 4
+    assert got[4] is not None and abs(got[4] - 0.5 * (14.0 + 9.3)) < 1e-9, got
+    # a firm middle reading is kept, even off the line of its neighbours
+    cands[4] = np.array([[12.5, 60.0]])
+    assert morphometry._endplate_path(cands, cols, 16.0)[4] == 12.5
+    # a faint reading at the wall column has one neighbour only: it stays as found
+    cands[4] = np.array([[14.0, firm]])
+    cands[8] = np.array([[7.0, 10.0]])
+    assert morphometry._endplate_path(cands, cols, 16.0)[8] == 7.0

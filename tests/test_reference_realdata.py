@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from realdata_helpers import (
     TOTALSEG_LEVEL_IDS,
+    crush_slices,
     expected_grade,
     load_example_body_mask,
     load_example_ct,
@@ -56,16 +57,19 @@ def test_heights_match_the_masks(example, realdata: Path) -> None:  # type: igno
     vol, lab, body, res = example
     got = {v.level: v for v in res.vertebrae if v.level}
     report = json.loads((realdata / "totalsegmentator/spine_report/spine_report.json").read_text())["results"]
-    errs = []
-    for lv in ("L1", "L2", "L3"):
+    errs = {}
+    for lv in ("L1", "L2", "L3", "L4"):
         mh = mask_heights((lab == TOTALSEG_LEVEL_IDS[lv]) & body, vol.spacing, inset=0.12)
         v = got[lv]
-        errs += [abs(v.ha_mm - mh["ha"]), abs(v.hp_mm - mh["hp"])]
+        for k, val in (("ha", v.ha_mm), ("hm", v.hm_mm), ("hp", v.hp_mm)):
+            errs[f"{lv} {k}"] = round(abs(val - mh[k]), 2)
         # TotalSegmentator measures differently (3 mm steps): agree loosely with it too
         assert abs(v.hp_mm - report[f"vertebrae_{lv}_height_posterior_mm"]) < 7.0
-    assert max(errs) < 2.0, errs
+    # all twelve heights within 2 mm (L1's middle sits on a stepped endplate: 2.5 mm off
+    # before a faint column there took its firm neighbours' line)
+    assert max(errs.values()) < 2.0, errs
     # the real CT holds no fracture at L1-L3
-    assert all(got[lv].genant_grade == 0 for lv in ("L1", "L2", "L3"))
+    assert all(got[lv].genant_grade == 0 for lv in ("L1", "L2", "L3", "L4"))
     assert res.l1_hu is not None and 60.0 < res.l1_hu < 250.0 and res.bone_density_level == "L1"
 
 
@@ -91,16 +95,24 @@ def test_l5_is_measured_along_its_own_axis(example) -> None:  # type: ignore[no-
         ("L2", "crush", 0.30),
         ("L2", "biconcave", 0.45),
         ("L3", "biconcave", 0.35),
+        # L1's upper disc scores faintly beside a dented or wedged L1 (the scan ends in T12):
+        # it was left unmeasured, as cut by the view
+        ("L1", "biconcave", 0.35),
+        ("L1", "wedge", 0.50),
+        # a half-crushed body's thin core passed as a strong disc and split every lumbar body
+        ("L3", "crush", 0.50),
     ],
 )
 def test_planted_compression_is_found(example, level: str, kind: str, loss: float) -> None:  # type: ignore[no-untyped-def]
     vol, lab, body, res0 = example
     before = {v.level: v for v in res0.vertebrae if v.level}[level]
-    planted = plant_compression(vol, (lab == TOTALSEG_LEVEL_IDS[level]) & body, kind, loss)
+    mask = (lab == TOTALSEG_LEVEL_IDS[level]) & body
+    planted = plant_compression(vol, mask, kind, loss)
     res = ReferenceScreener(device="cpu", keyimage=False).screen(planted)
     got = {v.level: v for v in res.vertebrae if v.level}
     assert level in got, [v.level for v in res.vertebrae]
-    grade = expected_grade(before, kind, loss)
+    # a crush loses whole slices: its grade follows the loss actually planted
+    grade = expected_grade(before, kind, crush_slices(vol, mask, loss)[3] if kind == "crush" else loss)
     v = got[level]
     assert grade >= 1
     assert v.genant_grade >= 1 and abs(v.genant_grade - grade) <= 1, (grade, v)

@@ -219,3 +219,50 @@ def test_a_disc_splitting_one_body_is_dropped() -> None:
     thoracic = [100, 115, 130, 146, 162, 178]  # bodies of ~15 mm, all alike
     score[thoracic] = 50.0
     assert spine._drop_split_discs(thoracic, score, ref=100.0) == thoracic
+
+
+def _column_image(n_rows: int, last_inside: int) -> spine.Straightened:
+    """A straightened image of bone, its rows from ``last_inside + 1`` on beyond the scan."""
+    img = np.full((n_rows, 60), 200.0, dtype=np.float32)
+    img[last_inside + 1 :] = -1000.0
+    s = np.arange(n_rows, dtype=float)
+    u = np.arange(-10.0, 50.0)
+    z = np.zeros(n_rows)
+    return spine.Straightened(img, s, u, s, z, z, z, z - 1.0, sampler=None)
+
+
+def test_a_faint_disc_at_the_end_is_taken_where_the_view_goes_on() -> None:
+    """Beyond the last disc found, the body is kept as cut by the view unless the scan goes
+    on past where its far disc is due: then the best faint peak in that window (0.65 to 1.4
+    pitches on) is its disc. A dark band at half a pitch (a body's own middle) is not, and
+    nothing is taken where the view ends inside the window."""
+    discs = [100, 130, 160, 190]
+    score = np.zeros(400)
+    score[discs] = 100.0
+    score[[70, 205, 214]] = [8.0, 40.0, 8.0]  # 205: the top body's own dark band
+    cand = sorted(discs + [70, 205, 214])
+    st = _column_image(400, 399)
+    assert spine._end_discs(st, discs, cand, score, 5.0, 1.0, 0.0) == [70] + discs + [214]
+    # the faint peak must still clear a floor
+    assert spine._end_discs(st, discs, cand, score, 10.0, 1.0, 0.0) == discs
+    # the scan ends 5 mm past the faint peak: the body above may be cut, left as it was
+    st = _column_image(400, 219)
+    assert spine._end_discs(st, discs, cand, score, 5.0, 1.0, 0.0) == [70] + discs
+
+
+def test_a_missing_disc_is_grown_at_the_local_pitch() -> None:
+    """Bodies grow from ~15 mm (upper thoracic) to ~30 mm (lumbar). A missing upper thoracic
+    disc leaves a 41 mm gap among 21 mm ones: against the whole column's median pitch (28 mm)
+    that gap passed as one body, measured at half its height and graded 3 in a phantom.
+    Against the pitch either side of it, the candidate in its middle is taken."""
+    strong = [0, 30, 60, 90, 120, 150, 180, 208, 232, 253, 274, 295, 336]
+    score = np.zeros(400)
+    score[strong] = 100.0
+    score[316] = 60.0
+    cand = sorted(strong + [316])
+    assert spine._grow_discs(strong, cand, score, 15.0, 1.0) == sorted(strong + [316])
+    # a lumbar gap of the same length among lumbar gaps is a body, not two
+    lumbar = [0, 36, 72, 108, 144, 185, 221]
+    score[lumbar] = 100.0
+    score[165] = 60.0
+    assert spine._grow_discs(lumbar, sorted(lumbar + [165]), score, 15.0, 1.0) == lumbar

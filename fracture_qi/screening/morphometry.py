@@ -214,11 +214,20 @@ def _endplate_path(cands: list[np.ndarray], cols: np.ndarray, half_h: float) -> 
         back.append(bp)
         score_prev, prev_k, ppos = score, k, pos
     out: list[float | None] = [None] * len(cands)
+    faint = [False] * len(cands)
     j = max(range(len(score_prev)), key=score_prev.__getitem__)  # the first of equals
     for n in range(len(usable) - 1, -1, -1):
         k = usable[n]
         out[k] = cols_pos[k][j]
+        faint[k] = cols_str[k][j] < 0.2 * smax
         j = back[n][j]
+    # a faint reading between two firm ones is an oblique stretch of the surface (a step in a
+    # stepped endplate), which a column-wise search meets only at a slant and reads as a weak
+    # edge above or below the step: the firm columns either side place it better
+    for k in range(1, len(cands) - 1):
+        lo, hi = out[k - 1], out[k + 1]
+        if faint[k] and lo is not None and hi is not None and not faint[k - 1] and not faint[k + 1]:
+            out[k] = 0.5 * (lo + hi)
     return out
 
 

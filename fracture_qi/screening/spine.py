@@ -734,14 +734,33 @@ def _beyond_slices(st: Straightened, cols: np.ndarray) -> np.ndarray:
     return ((z < -0.5 * dz) | (z > (float(st.sampler.vol_shape[0]) - 0.5) * dz)).any(axis=1)
 
 
+#: a disc at either end of the column where the view goes on past it (:func:`_end_discs`)
+#: may score this fraction of the clearest discs (grown discs: 0.15)
+END_DISC_MIN = 0.05
+#: a strong disc (one that sets the pitch) dips to at least this fraction of a clear disc's
+#: depth in each of the three cues of :func:`disc_cues`. Weakest cue measured: lumbar discs of
+#: the real CT 0.68-1.5, phantoms' discs beside crushed L4s 0.37 and 0.2994 (held back, and
+#: that crush lost), a phantom's upper thoracic disc 0.17 (grown back at the local pitch); dark
+#: bands inside bodies 0.0-0.2, and 0.28 for the thin core left in a half-crushed real L3. No
+#: margin either way: docs/screening-method.md, Known gaps
+STRONG_MIN_CUE = 0.3
+
+
 def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
     """Per row of the straightened image, evidence that it is the middle of a disc.
 
     A disc is a narrow dark gap flanked within ``valley_mm`` by bright endplates, seen in the
     body's mean HU, in its anterior cortex and in its posterior wall at once. The body's own
     trabecular interior is a wider gap (its endplates lie further apart), so a narrow window
-    scores discs well above body interiors.
+    scores discs well above body interiors. See :func:`disc_cues` for the three cues.
     """
+    return disc_cues(st, valley_mm)[0]
+
+
+def disc_cues(st: Straightened, valley_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`disc_score` and, per row, the weakest of its three cues (each on its own scale,
+    1 = a clear disc): a disc dips in all three, while a dark band inside a body (its
+    basivertebral veins, the thin trabecular core left in a crushed body) lacks one."""
     img = st.image
     u = st.u_mm
     step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
@@ -775,7 +794,7 @@ def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
     # -1000 too
     near_edge = _running_max(_beyond_slices(st, (u >= upw - 3.0) & (u <= upw + 55.0)).astype(np.float64), -2, 2) > 0
     score[near_edge] = 0.0
-    return score
+    return score, np.min(np.stack(cues), axis=0)
 
 
 def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
@@ -800,7 +819,7 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     u = st.u_mm
     step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
     upw = posterior_wall(st)
-    score = disc_score(st)
+    score, weakest = disc_cues(st)
     sep = max(2, int(round(min_body_mm / step)))
     cand = sorted(_peaks(score, sep, 0.02 * max(float(np.percentile(score, 99)), 1.0)))
     if not cand:
@@ -809,9 +828,19 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     vals = np.sort(score[cand])[::-1]
     ref = float(np.mean(vals[:3]))
     strong = [c for c in cand if score[c] >= 0.5 * ref]
+    # the strong discs set the pitch, so one dark band inside a body taken for a strong disc
+    # halves it and lets every body's band in (the thin core left in a half-crushed real L3
+    # did, and split every lumbar body). A strong disc dips clearly in all three cues; the
+    # others stay candidates, added below only where the local pitch wants a disc (a phantom's
+    # upper thoracic disc, its posterior wall cue faint, is). Where fewer than three dip
+    # clearly (a posterior wall cue failing throughout), the score alone decides, as before
+    clear = [c for c in strong if weakest[c] >= STRONG_MIN_CUE]
+    if len(clear) >= 3:
+        strong = clear
     weak_thr = 0.15 * ref
     discs = _grow_discs(strong, cand, score, weak_thr, step)
     discs = _drop_split_discs(discs, score, ref)
+    discs = _end_discs(st, discs, cand, score, END_DISC_MIN * ref, step, upw)
     bodies: list[BodySpan] = []
     for a, b in zip(discs[:-1], discs[1:]):
         length = (b - a) * step
@@ -870,7 +899,13 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
             # a crushed body) are not a pitch, and halving everything to match them would be
             others = np.delete(gaps, i)
             others = others[others * step >= 15.0]
-            ref = float(np.median(others)) if len(others) else float(g)
+            # the local pitch where there is one (up to two gaps either side): bodies grow from
+            # ~15 mm (upper thoracic) to ~30 mm (lumbar), and against the whole column's
+            # median a missing upper thoracic disc (a 41 mm gap among 21 mm ones) passes
+            near = np.concatenate([gaps[max(0, i - 2) : i], gaps[i + 1 : i + 3]])
+            near = near[near * step >= 15.0]
+            pool = near if len(near) else others
+            ref = float(np.median(pool)) if len(pool) else float(g)
             if g > 1.55 * ref and g * step > 20.0:
                 j = best_in(discs[i] + 0.3 * g, discs[i + 1] - 0.3 * g)
                 if j is not None:
@@ -891,6 +926,45 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
             else:
                 discs.insert(0, j)
     return discs
+
+
+def _end_discs(
+    st: Straightened, discs: list[int], cand: list[int], score: np.ndarray, thr: float, step: float, upw: float
+) -> list[int]:
+    """One more disc at each end of the column, on fainter evidence, where the view goes on
+    well past where it is due.
+
+    Beyond the last disc found, the body there is kept as cut by the view (labelled, not
+    measured). But where the scan continues past the next disc's place (its whole window,
+    one pitch on and 10 mm more, inside the slices), that body is whole, and its far disc is
+    only faint: a fractured body's dented or wedged endplate widens the disc beside it past
+    the valley the score looks for (the real CT's T12/L1 disc scored 48 intact and 10-12
+    beside a dented or wedged L1). The faint peak is taken only in the window where the next
+    disc is due (0.65 to 1.4 pitches on, as when growing) and only where it is the best one
+    there; a body's own dark band lies nearer its middle, at half a pitch.
+    """
+    if len(discs) < 2:
+        return discs
+    inside = ~_beyond_slices(st, (st.u_mm >= upw - 3.0) & (st.u_mm <= upw + 55.0))
+    cand_arr = np.asarray(cand)
+    out = list(discs)
+    for direction in (1, -1):
+        gaps = np.diff(out)
+        pitch = float(gaps[-1] if direction == 1 else gaps[0])
+        last = out[-1] if direction == 1 else out[0]
+        lo, hi = sorted((last + direction * 0.65 * pitch, last + direction * 1.4 * pitch))
+        sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
+        if not len(sel):
+            continue
+        j = int(sel[np.argmax(score[sel])])
+        reach = int(round(10.0 / step))
+        a, b = sorted((last, j + direction * reach))
+        if score[j] >= thr and a >= 0 and b < len(inside) and inside[a : b + 1].all():
+            if direction == 1:
+                out.append(j)
+            else:
+                out.insert(0, j)
+    return out
 
 
 def _drop_split_discs(discs: list[int], score: np.ndarray, ref: float) -> list[int]:
