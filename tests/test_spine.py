@@ -221,16 +221,6 @@ def test_a_disc_splitting_one_body_is_dropped() -> None:
     assert spine._drop_split_discs(thoracic, score, ref=100.0) == thoracic
 
 
-def _column_image(n_rows: int, last_inside: int) -> spine.Straightened:
-    """A straightened image of bone, its rows from ``last_inside + 1`` on beyond the scan."""
-    img = np.full((n_rows, 60), 200.0, dtype=np.float32)
-    img[last_inside + 1 :] = -1000.0
-    s = np.arange(n_rows, dtype=float)
-    u = np.arange(-10.0, 50.0)
-    z = np.zeros(n_rows)
-    return spine.Straightened(img, s, u, s, z, z, z, z - 1.0, sampler=None)
-
-
 def test_a_faint_disc_at_the_end_is_taken_where_the_view_goes_on() -> None:
     """Beyond the last disc found, the body is kept as cut by the view unless the scan goes
     on past where its far disc is due: then the best faint peak in that window (0.65 to 1.4
@@ -241,13 +231,13 @@ def test_a_faint_disc_at_the_end_is_taken_where_the_view_goes_on() -> None:
     score[discs] = 100.0
     score[[70, 205, 214]] = [8.0, 40.0, 8.0]  # 205: the top body's own dark band
     cand = sorted(discs + [70, 205, 214])
-    st = _column_image(400, 399)
-    assert spine._end_discs(st, discs, cand, score, 5.0, 1.0, 0.0) == [70] + discs + [214]
+    inside = np.ones(400, dtype=bool)
+    assert spine._end_discs(discs, cand, score, 5.0, 1.0, inside) == [70] + discs + [214]
     # the faint peak must still clear a floor
-    assert spine._end_discs(st, discs, cand, score, 10.0, 1.0, 0.0) == discs
+    assert spine._end_discs(discs, cand, score, 10.0, 1.0, inside) == discs
     # the scan ends 5 mm past the faint peak: the body above may be cut, left as it was
-    st = _column_image(400, 219)
-    assert spine._end_discs(st, discs, cand, score, 5.0, 1.0, 0.0) == [70] + discs
+    inside[220:] = False
+    assert spine._end_discs(discs, cand, score, 5.0, 1.0, inside) == [70] + discs
 
 
 def test_a_missing_disc_is_grown_at_the_local_pitch() -> None:

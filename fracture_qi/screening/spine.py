@@ -757,17 +757,24 @@ def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
     return disc_cues(st, valley_mm)[0]
 
 
-def disc_cues(st: Straightened, valley_mm: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`disc_score` and, per row, the weakest of its three cues (each on its own scale,
-    1 = a clear disc): a disc dips in all three, while a dark band inside a body (its
-    basivertebral veins, the thin trabecular core left in a crushed body) lacks one."""
+def disc_cues(
+    st: Straightened, valley_mm: float = 6.0, upw: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: :func:`disc_score`, the weakest of its three cues (each on its own scale, 1 =
+    a clear disc), and whether the row's cue band reaches beyond the first or last slice.
+
+    A disc dips in all three cues, while a dark band inside a body (its basivertebral veins,
+    the thin trabecular core left in a crushed body) lacks one. ``upw`` is the posterior
+    wall (:func:`posterior_wall`), computed here when not given.
+    """
     img = st.image
     u = st.u_mm
     step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
-    upw = posterior_wall(st)
+    upw = posterior_wall(st) if upw is None else upw
     sig = 1.0 / step
+    band = (u >= upw - 3.0) & (u <= upw + 55.0)  # the posterior wall to beyond the anterior cortex
     mean_band = _gauss1d(img[:, (u >= upw + 2.0) & (u <= upw + 25.0)].mean(axis=1).astype(np.float64), sig)
-    row_max = _gauss1d(img[:, (u >= upw - 3.0) & (u <= upw + 55.0)].max(axis=1).astype(np.float64), sig)
+    row_max = _gauss1d(img[:, band].max(axis=1).astype(np.float64), sig)
     wall = _gauss1d(img[:, (u >= upw - 3.0) & (u <= upw + 3.0)].max(axis=1).astype(np.float64), sig)
     w = max(2, int(round(valley_mm / step)))
 
@@ -792,9 +799,10 @@ def disc_cues(st: Straightened, valley_mm: float = 6.0) -> tuple[np.ndarray, np.
     # (the valley needs bone within reach on both sides, and outside rows are not bone). The
     # test is geometric: air inside the volume (bowel gas in front of the spine) reads as
     # -1000 too
-    near_edge = _running_max(_beyond_slices(st, (u >= upw - 3.0) & (u <= upw + 55.0)).astype(np.float64), -2, 2) > 0
+    beyond = _beyond_slices(st, band)
+    near_edge = _running_max(beyond.astype(np.float64), -2, 2) > 0
     score[near_edge] = 0.0
-    return score, np.min(np.stack(cues), axis=0)
+    return score, np.min(np.stack(cues), axis=0), beyond
 
 
 def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
@@ -819,7 +827,7 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     u = st.u_mm
     step = float(st.s_mm[1] - st.s_mm[0]) if len(st.s_mm) > 1 else 1.0
     upw = posterior_wall(st)
-    score, weakest = disc_cues(st)
+    score, weakest, beyond = disc_cues(st, upw=upw)
     sep = max(2, int(round(min_body_mm / step)))
     cand = sorted(_peaks(score, sep, 0.02 * max(float(np.percentile(score, 99)), 1.0)))
     if not cand:
@@ -840,7 +848,7 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     weak_thr = 0.15 * ref
     discs = _grow_discs(strong, cand, score, weak_thr, step)
     discs = _drop_split_discs(discs, score, ref)
-    discs = _end_discs(st, discs, cand, score, END_DISC_MIN * ref, step, upw)
+    discs = _end_discs(discs, cand, score, END_DISC_MIN * ref, step, ~beyond)
     bodies: list[BodySpan] = []
     for a, b in zip(discs[:-1], discs[1:]):
         length = (b - a) * step
@@ -929,7 +937,7 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
 
 
 def _end_discs(
-    st: Straightened, discs: list[int], cand: list[int], score: np.ndarray, thr: float, step: float, upw: float
+    discs: list[int], cand: list[int], score: np.ndarray, thr: float, step: float, inside: np.ndarray
 ) -> list[int]:
     """One more disc at each end of the column, on fainter evidence, where the view goes on
     well past where it is due.
@@ -941,12 +949,13 @@ def _end_discs(
     the valley the score looks for (the real CT's T12/L1 disc scored 48 intact and 10-12
     beside a dented or wedged L1). The faint peak is taken only in the window where the next
     disc is due (0.65 to 1.4 pitches on, as when growing) and only where it is the best one
-    there; a body's own dark band lies nearer its middle, at half a pitch.
+    there; a body's own dark band lies nearer its middle, at half a pitch. ``inside`` flags
+    the rows whose cue band lies within the slices (:func:`disc_cues`).
     """
     if len(discs) < 2:
         return discs
-    inside = ~_beyond_slices(st, (st.u_mm >= upw - 3.0) & (st.u_mm <= upw + 55.0))
     cand_arr = np.asarray(cand)
+    reach = int(round(10.0 / step))
     out = list(discs)
     for direction in (1, -1):
         gaps = np.diff(out)
@@ -957,7 +966,6 @@ def _end_discs(
         if not len(sel):
             continue
         j = int(sel[np.argmax(score[sel])])
-        reach = int(round(10.0 / step))
         a, b = sorted((last, j + direction * reach))
         if score[j] >= thr and a >= 0 and b < len(inside) and inside[a : b + 1].all():
             if direction == 1:
