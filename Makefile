@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo   - set up and run the whole suite on the synthetic cohort ($(DEMO_OUT)/)"
 	@echo "make test   - run the test suite (installs Debian test services if missing)"
-	@echo "make bench  - run the benchmarks (see benchmarks/README.md)"
+	@echo "make bench  - run the benchmarks into benchmark-results/ (BENCH_ARGS=--quick: a smoke run)"
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +41,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow and not browser and not orthanc and not postgres" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache test-artifacts
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache test-artifacts benchmark-results

@@ -8,13 +8,14 @@ Usage::
 TotalSegmentator's example CT (``../shared/realdata/totalsegmentator``: 3 mm, T11 to the
 sacrum, no fracture) has one body at a time compressed by
 ``tests/realdata_helpers.plant_compression`` (wedge, biconcave, crush; the same planting as
-``tests/test_reference_realdata.py``, whose nine cases are a subset of this grid). For every
+``tests/test_reference_realdata.py``, whose eleven cases are a subset of this grid). For every
 case: was the planted body found (the measured body nearest where it now lies, within 12 mm,
 as ``benchmarks/accuracy.py`` matches bodies) and measured, its grade against the grade the
 planted loss means under the grading rule (``expected_grade``), whether its level was named
 right (reported apart: where the sacrum and rib anchors disagree, levels are left empty), and
-whether any other body was graded 2 or more. The tests assert nine cases; this reports the
-whole grid, so that a change that helps some cases and hurts others shows.
+whether any other body was graded 2 or more. The tests assert eleven cases; this reports the
+whole grid, so that a change that helps some cases and hurts others shows. It first prints the
+unplanted CT's heights beside those of the body masks (``mask_heights``, as the tests compare).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from realdata_helpers import (  # noqa: E402
     load_example_body_mask,
     load_example_ct,
     load_example_labels,
+    mask_heights,
     plant_compression,
 )
 
@@ -59,6 +61,21 @@ def main(argv: list[str] | None = None) -> int:
     body = load_example_body_mask(realdata) == 1
     model = ReferenceScreener(device="cpu", keyimage=False)
     base = {v.level: v for v in model.screen(vol).vertebrae if v.level}
+    # first the unplanted CT: each body's heights against those of its mask
+    print("| level | Ha ours (mask) | Hm ours (mask) | Hp ours (mask) | largest difference |")
+    print("| --- | --- | --- | --- | --- |")
+    unplanted = {}
+    for level in sorted(base, key=lambda lv: (lv[0] != "T", int(lv[1:]))):
+        v = base[level]
+        if v.ha_mm is None or level not in TOTALSEG_LEVEL_IDS:
+            continue
+        mh = mask_heights((lab == TOTALSEG_LEVEL_IDS[level]) & body, vol.spacing, inset=0.12)
+        ours = {"ha": v.ha_mm, "hm": v.hm_mm, "hp": v.hp_mm}
+        diff = max(abs(ours[k] - mh[k]) for k in ours)
+        unplanted[level] = {"ours": ours, "mask": {k: round(mh[k], 2) for k in ours}, "largest_difference": round(diff, 2)}
+        cells = " | ".join(f"{ours[k]:.1f} ({mh[k]:.1f})" for k in ("ha", "hm", "hp"))
+        print(f"| {level} | {cells} | {diff:.1f} |")
+    print()
     rows = []
     t0 = time.perf_counter()
     for level in args.levels:
@@ -129,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['named_as'] or '-'} | {'yes' if r['within_one'] else 'no'} |")
     print(json.dumps(summary, indent=1))
     if args.out:
-        Path(args.out).write_text(json.dumps({"summary": summary, "cases": rows}, indent=1, default=str))
+        Path(args.out).write_text(
+            json.dumps({"summary": summary, "unplanted": unplanted, "cases": rows}, indent=1, default=str)
+        )
     return 0
 
 

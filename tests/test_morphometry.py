@@ -289,3 +289,31 @@ def test_a_faint_column_on_a_step_is_placed_by_its_firm_neighbours() -> None:
     cands[4] = np.array([[14.0, firm]])
     cands[8] = np.array([[7.0, 10.0]])
     assert morphometry._endplate_path(cands, cols, 16.0)[8] == 7.0
+
+
+def test_a_faint_dent_floor_is_kept() -> None:
+    """The floor of a biconcave dent can read faintly between firm readings on its slopes.
+    Only a faint reading level with or beyond the outer neighbour is a step's edge (placed by
+    its neighbours' mean); one inward of it is the dent, which their mean would make shallower:
+    the real CT's L3 dented by 35% read Hm 22.5 mm (no fracture) with the mean, 20.2 without."""
+    import numpy as np
+
+    from fracture_qi.screening import morphometry
+
+    cols = np.linspace(-15.0, 15.0, 9)
+    firm = 100.0
+    cands = (
+        [np.array([[15.0, firm]])] * 3
+        + [np.array([[13.7, 50.0], [4.6, 45.0]]), np.array([[7.5, 15.0], [13.3, 12.0]])]
+        + [np.array([[5.9, firm]]), np.array([[6.3, firm]]), np.array([[8.2, firm]]), np.array([[14.0, firm]])]
+    )
+    got = morphometry._endplate_path(cands, cols, 16.0)
+    assert got[5] == 5.9 and got[4] in (7.5, 4.6), got
+    # the superior endplate's reading at 14.4 between 14.0 and 9.3 (the step) still takes the mean
+    cands = [np.array([[14.0, firm]])] * 4 + [np.array([[14.4, 15.0]])] + [np.array([[9.3, firm]])] * 4
+    got = morphometry._endplate_path(cands, cols, 16.0)
+    assert got[4] is not None and abs(got[4] - 0.5 * (14.0 + 9.3)) < 1e-9
+    # and the same for an inferior endplate (negative positions: outward is further down)
+    neg = [np.array([[-c[0, 0], c[0, 1]]]) for c in cands]
+    got = morphometry._endplate_path(neg, cols, 16.0)
+    assert got[4] is not None and abs(got[4] + 0.5 * (14.0 + 9.3)) < 1e-9

@@ -58,15 +58,16 @@ def test_heights_match_the_masks(example, realdata: Path) -> None:  # type: igno
     got = {v.level: v for v in res.vertebrae if v.level}
     report = json.loads((realdata / "totalsegmentator/spine_report/spine_report.json").read_text())["results"]
     errs = {}
-    for lv in ("L1", "L2", "L3", "L4"):
+    for lv in ("L1", "L2", "L3", "L4", "L5"):
         mh = mask_heights((lab == TOTALSEG_LEVEL_IDS[lv]) & body, vol.spacing, inset=0.12)
         v = got[lv]
         for k, val in (("ha", v.ha_mm), ("hm", v.hm_mm), ("hp", v.hp_mm)):
             errs[f"{lv} {k}"] = round(abs(val - mh[k]), 2)
         # TotalSegmentator measures differently (3 mm steps): agree loosely with it too
         assert abs(v.hp_mm - report[f"vertebrae_{lv}_height_posterior_mm"]) < 7.0
-    # all twelve heights within 2 mm (L1's middle sits on a stepped endplate: 2.5 mm off
-    # before a faint column there took its firm neighbours' line)
+    # all fifteen heights within 2 mm (L1's middle sits on a stepped endplate: 2.5 mm off
+    # before a faint column there took its firm neighbours' line; L5's front 2.8 mm off while
+    # the canal below it was pulled aside, see test_canal_stays_on_the_midline_above_the_pelvis)
     assert max(errs.values()) < 2.0, errs
     # the real CT holds no fracture at L1-L3
     assert all(got[lv].genant_grade == 0 for lv in ("L1", "L2", "L3", "L4"))
@@ -81,9 +82,33 @@ def test_l5_is_measured_along_its_own_axis(example) -> None:  # type: ignore[no-
     v = next(x for x in res.vertebrae if x.level == "L5")
     mh = mask_heights((lab == TOTALSEG_LEVEL_IDS["L5"]) & body, vol.spacing, inset=0.12)
     errs = [abs(v.ha_mm - mh["ha"]), abs(v.hm_mm - mh["hm"]), abs(v.hp_mm - mh["hp"])]
-    assert max(errs) < 3.0, errs
+    assert max(errs) < 2.0, errs
     assert v.ha_mm > v.hp_mm and v.geometry is not None
     assert v.genant_grade == 0
+
+
+def test_canal_stays_on_the_midline_above_the_pelvis(example) -> None:  # type: ignore[no-untyped-def]
+    """Below L5 the canal evidence has runs of maxima 40-70 mm off the midline (sacral
+    foramina, sacroiliac joints), each consistent enough to pass a running median. Joined to
+    the spine's run, they pulled the smoothed centreline 16 mm aside at L5's middle and 25 mm
+    at its lower end, so L5 was measured in a plane that left the body at its front-lower lip
+    (Ha 27.7 mm against 30.5; 31 mm off at its lowest slice). The centreline is one
+    continuous track: within 5 mm of each lumbar body's own midline (the x centroid of its
+    mask) over its whole height (the canal sits 2-4 mm beside the bodies' middles here)."""
+    import torch
+
+    from fracture_qi.screening.spine import locate_canal
+
+    vol, lab, body, _ = example
+    path = locate_canal(vol, torch.device("cpu"))
+    assert path is not None
+    dz, _, dx = vol.spacing
+    for lv in ("L1", "L2", "L3", "L4", "L5"):
+        m = (lab == TOTALSEG_LEVEL_IDS[lv]) & body
+        kk, _, jj = np.nonzero(m)
+        x_body = float(jj.mean() * dx)
+        z = np.arange(kk.min(), kk.max() + 1) * dz
+        assert np.abs(path.x_at(z) - x_body).max() < 5.0, (lv, np.round(path.x_at(z) - x_body, 1))
 
 
 @pytest.mark.parametrize(
@@ -101,6 +126,11 @@ def test_l5_is_measured_along_its_own_axis(example) -> None:  # type: ignore[no-
         ("L1", "wedge", 0.50),
         # a half-crushed body's thin core passed as a strong disc and split every lumbar body
         ("L3", "crush", 0.50),
+        # L1 crushed: its upper disc lies 0.58-0.64 pitches above the lower one, short of
+        # where the next disc is due, and the front of the crushed body holds a bright band
+        # (the superior endplate's cortex) that the inferior endplate search took: unmeasured
+        ("L1", "crush", 0.35),
+        ("L1", "crush", 0.50),
     ],
 )
 def test_planted_compression_is_found(example, level: str, kind: str, loss: float) -> None:  # type: ignore[no-untyped-def]

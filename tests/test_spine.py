@@ -240,6 +240,63 @@ def test_a_faint_disc_at_the_end_is_taken_where_the_view_goes_on() -> None:
     assert spine._end_discs(discs, cand, score, 5.0, 1.0, inside) == [70] + discs
 
 
+def test_the_disc_beside_a_crushed_end_body_is_taken_short_of_a_pitch() -> None:
+    """A crushed body at the end of the column puts its far disc 0.55-0.65 pitches on, short
+    of where the next disc is due (the real CT's L1 crushed by 35% and 50%: 0.64 and 0.58).
+    Where nothing lies in the usual window, a peak from 0.55 pitches on is that disc; a body's
+    own dark band (0.4-0.5 pitches on) is not, and a peak in the usual window comes first."""
+    discs = [100, 130, 160, 190]
+    score = np.zeros(400)
+    score[discs] = 100.0
+    score[[203, 208]] = [40.0, 8.0]  # 203: a dark band at 0.43 pitches; 208: the disc at 0.6
+    cand = sorted(discs + [203, 208])
+    inside = np.ones(400, dtype=bool)
+    assert spine._end_discs(discs, cand, score, 5.0, 1.0, inside) == discs + [208]
+    # the view must go on 8 mm past it (the next body's endplate in view)
+    inside[215:] = False
+    assert spine._end_discs(discs, cand, score, 5.0, 1.0, inside) == discs
+    inside[:] = True
+    # a faint peak where the next disc is due wins over the nearer one
+    score[218] = 6.0
+    assert spine._end_discs(discs, sorted(cand + [218]), score, 5.0, 1.0, inside) == discs + [218]
+    # without the 0.6 peak, the band alone is never taken
+    score[[208, 218]] = 0.0
+    assert spine._end_discs(discs, [*discs, 203], score, 5.0, 1.0, inside) == discs
+
+
+def test_a_held_back_disc_is_put_back_beside_a_crushed_body() -> None:
+    """A strong disc that dips weakly in one cue is held back (a body's dark band could halve
+    the pitch), then put back where its gap holds more than one body: beside a crushed body
+    the two spans add up to 1.4 pitches or more (a phantom's L4 crush: 17 + 30 mm against 33,
+    its disc's weakest cue 0.2994), while a body split at its own dark band adds up to about
+    one (the half-crushed real L3's core: 10 + 10 mm)."""
+    discs = [0, 33, 66, 113, 146, 179]  # 66..113: a crushed body (17) and a normal one (30)
+    score = np.full(200, 0.0)
+    assert spine._put_back_held(discs, [83], score, 1.0) == [0, 33, 66, 83, 113, 146, 179]
+    # a band splitting one body (66..96 among 30 mm spans) stays out
+    discs = [0, 30, 60, 96, 126, 156]
+    assert spine._put_back_held(discs, [78], score, 1.0) == discs
+    # as does a held-back disc near the end of its gap (not where a body would end)
+    discs = [0, 33, 66, 113, 146, 179]
+    assert spine._put_back_held(discs, [70], score, 1.0) == discs
+
+
+def test_an_osteoporotic_body_has_bone_in_its_box() -> None:
+    """A body is kept only with bone in the middle of its span. An osteoporotic body's core
+    reads 30-50 HU: its bone is its cortex, a few per cent of the box (two walls a pixel or
+    two thick across a body 39 mm deep, sampled at 1 mm). The 90th percentile missed it by a row or two (a
+    phantom's L2 read 142 HU, then 89 with the span a row shorter, and was dropped: every level
+    of that study was left empty); the box must be told from soft tissue all the same."""
+    rng = np.random.default_rng(0)
+    box = rng.normal(40.0, 20.0, size=(17, 40))
+    box[:, :1] = 450.0  # posterior wall (partly outside the box, as the walls are found)
+    box[::2, -1] = 350.0  # anterior cortex, thinner and broken by vessels' foramina
+    assert np.percentile(box, 90) < 120.0
+    assert spine._box_has_bone(box)
+    soft = rng.normal(60.0, 20.0, size=(17, 40))
+    assert not spine._box_has_bone(soft)
+
+
 def test_a_missing_disc_is_grown_at_the_local_pitch() -> None:
     """Bodies grow from ~15 mm (upper thoracic) to ~30 mm (lumbar). A missing upper thoracic
     disc leaves a 41 mm gap among 21 mm ones: against the whole column's median pitch (28 mm)

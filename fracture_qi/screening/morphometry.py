@@ -57,8 +57,14 @@ TALL_RATIO = 1.5
 DEFAULT_HA_HP = 0.92
 #: inset of the anterior and posterior columns from the walls, as a fraction of the depth
 COLUMN_INSET = 0.12
+#: a wall column shorter than this fraction of the tallest column is an endplate lost, not a
+#: fracture (beyond 60% collapse of a wall: vertebra plana)
+MIN_WALL_RATIO = 0.4
 #: half the thickness of a cortical endplate (mm): its outer surface lies this far beyond its peak
 CORTEX_HALF_MM = 0.5
+# a faint endplate reading within this of its outer firm neighbour's level is a step's edge
+# (see _endplate_path)
+OUTER_STEP_MM = 0.5
 #: weight of the line-peak estimate against the steepest-step estimate of an endplate surface
 PEAK_WEIGHT = 0.65
 #: how much further (mm) past the disc centre an endplate is sought when it is not found
@@ -223,10 +229,16 @@ def _endplate_path(cands: list[np.ndarray], cols: np.ndarray, half_h: float) -> 
         j = back[n][j]
     # a faint reading between two firm ones is an oblique stretch of the surface (a step in a
     # stepped endplate), which a column-wise search meets only at a slant and reads as a weak
-    # edge above or below the step: the firm columns either side place it better
+    # edge at the outer level of the step: the firm columns either side place it better. A
+    # faint reading inward of the outer neighbour is kept: that is the floor of a dent (a
+    # biconcave fracture), which the mean of its rims would make shallower than it is
     for k in range(1, len(cands) - 1):
-        lo, hi = out[k - 1], out[k + 1]
-        if faint[k] and lo is not None and hi is not None and not faint[k - 1] and not faint[k + 1]:
+        lo, hi, v = out[k - 1], out[k + 1], out[k]
+        if (
+            faint[k] and v is not None and lo is not None and hi is not None
+            and not faint[k - 1] and not faint[k + 1]
+            and abs(v) >= max(abs(lo), abs(hi)) - OUTER_STEP_MM
+        ):
             out[k] = 0.5 * (lo + hi)
     return out
 
@@ -352,7 +364,7 @@ def _first_fall(x: np.ndarray, g: np.ndarray, lo: float, hi: float, default: flo
 
 def _endplates(
     img: np.ndarray, h: np.ndarray, a: np.ndarray, cols: list[float], half_h: float, widen: float = 0.0,
-    inward: bool = True,
+    inward: bool = True, min_gap: float = 0.0,
 ) -> tuple[list[float | None], list[float | None]]:
     """Superior and inferior endplate surface (``h``, mm) at each column ``cols``.
 
@@ -366,6 +378,9 @@ def _endplates(
     centre): a middle reading there is texture inside the body (a biconcave body keeps its
     centre within it), and is left unread. On the usual look that reach is the window's own
     bound, which a candidate passes only by its cortex peak lying inward of its step.
+
+    ``min_gap`` (mm), when set, keeps the inferior endplate at least that far below the
+    superior one in every column (see :func:`_measure_steps`).
     """
     step = float(a[1] - a[0])
     grid = np.linspace(min(cols), max(cols), 9)
@@ -390,9 +405,15 @@ def _endplates(
     sup_p = path(-inner, half_h + ext, False)
     if all(v is None for v in sup_p):
         sup_p = path(-inner, half_h + ext + WIDEN_MM, False)
-    inf_p = path(-half_h - ext, inner, True)
+    def inf_path(lo: float) -> list[float | None]:
+        cands = _edge_candidates(h, sm, g, lo, inner, True)
+        if min_gap > 0:
+            cands = [c if v is None else c[c[:, 0] <= v - min_gap] for c, v in zip(cands, sup_p)]
+        return _endplate_path(cands, grid, half_h)
+
+    inf_p = inf_path(-half_h - ext)
     if all(v is None for v in inf_p):
-        inf_p = path(-half_h - ext - WIDEN_MM, inner, True)
+        inf_p = inf_path(-half_h - ext - WIDEN_MM)
 
     def read(chosen: list[float | None], sign: float) -> list[float | None]:
         out: list[float | None] = []
@@ -552,8 +573,15 @@ def _measure_steps(
         depth = a_ant - a_post
         inset = max(COLUMN_INSET * depth, 4.0)
         cols3 = [a_ant - inset, a_post + 0.5 * depth, a_post + inset]  # a, m, p
-        for widen in (0.0, WIDEN_MM):
-            sup, inf = _endplates(img, h, a, cols3, half_h, widen)
+        # a last look where both failed on a wall column much shorter than the others: the
+        # inferior path took the underside of the superior endplate's cortex at the front of
+        # a crushed body (a bright band a few millimetres thick, stronger there than the
+        # inferior endplate below it). It keeps the superior endplate, the one a fracture
+        # moves, and looks for the inferior one at least MIN_WALL_RATIO of the tallest column
+        # below it
+        looks: list[tuple[float, float]] = [(0.0, 0.0), (WIDEN_MM, 0.0)]
+        for widen, gap in looks:
+            sup, inf = _endplates(img, h, a, cols3, half_h, widen, min_gap=gap)
             good = all(v is not None for v in sup + inf) and all(
                 s_ > i_ for s_, i_ in zip(sup, inf)  # type: ignore[operator]
             )
@@ -565,9 +593,11 @@ def _measure_steps(
                 hts = np.hypot(zs - zi, ys - yi)
                 # beyond 60% collapse of a wall (vertebra plana) or 70% of the middle (a severe
                 # biconcave body keeps its walls: Hm/Hp down to ~0.35) an endplate was lost, not found
-                if min(hts[0], hts[2]) < 0.4 * hts.max() or hts[1] < 0.3 * hts.max() or hts.min() < 3.0:
+                if min(hts[0], hts[2]) < MIN_WALL_RATIO * hts.max() or hts[1] < 0.3 * hts.max() or hts.min() < 3.0:
                     m.extra["implausible_heights"] = [round(float(x), 1) for x in hts]
                     good = False
+                    if widen == 0.0 and gap == 0.0 and hts[1] >= 0.3 * hts.max():
+                        looks.append((0.0, MIN_WALL_RATIO * float(hts.max())))
             if good:
                 m.extra.pop("implausible_heights", None)
                 break

@@ -45,7 +45,7 @@ from fracture_qi.screening.types import MorphType, SeriesResult, VertebraResult
 
 log = logging.getLogger(__name__)
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 #: coarsest z spacing (mm) graded; thicker volumes come back as SLICE_TOO_THICK
 MAX_SLICE_MM = 3.0

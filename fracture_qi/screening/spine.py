@@ -45,6 +45,9 @@ BONE_HU = 250.0
 SOFT_HU = (-150.0, 110.0)
 #: target coarse voxel size in mm
 COARSE_MM = 3.0
+# how far (mm) the canal centre found on the coarse grid may move between neighbouring slices
+# beyond the bend itself (grid step, pooling): see _canal_continues
+CANAL_PLAY_MM = 6.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,19 +324,71 @@ def locate_canal(volume: CTVolume, device: torch.device, grid: CoarseGrid | None
     vz, vy, vx = vz[keep], vy[keep], vx[keep]
     if len(vz) < 3:
         return None
-    # the longest run of kept slices with gaps below 30 mm
-    gaps = np.diff(vz) > 30.0
-    runs = np.split(np.arange(len(vz)), np.nonzero(gaps)[0] + 1)
+    # the longest continuous run: gaps below 30 mm, and no jump sideways that no canal makes.
+    # Below the spine (pelvis: sacral foramina, sacroiliac joints) and beside it, soft pockets
+    # ringed by bone can hold a consistent run of maxima tens of millimetres off the midline,
+    # which the running median keeps; the smoothing below would pull the centreline towards them
+    gz, gy, gx = np.diff(vz), np.abs(np.diff(vy)), np.abs(np.diff(vx))
+    cut = (gz > 30.0) | ~_canal_continues(gz, gy, gx)
+    runs = np.split(np.arange(len(vz)), np.nonzero(cut)[0] + 1)
     run = max(runs, key=lambda r: vz[r[-1]] - vz[r[0]])
     vz, vy, vx = vz[run], vy[run], vx[run]
     if vz[-1] - vz[0] < 25.0:
         return None
+    # follow the canal on past the run's ends where it is fainter (sacrum, a cut edge), slice
+    # by slice in a window around its last position: the canal goes on from where it was
+    vz, vy, vx = _track_ends(pooled, grid, vz, vy, vx, 0.3 * ref)
     # smooth with a Gaussian-weighted local line fit (bandwidth ~15 mm): follows curvature
     zq = np.arange(vz[0], vz[-1] + 1e-6, 1.0)
     ys = _local_linear(vz, vy, zq, 15.0)
     xs_ = _local_linear(vz, vx, zq, 20.0)
     sc = np.interp(zq, z_mm, score_np / max(ref, 1e-6))
     return CanalPath(z_mm=zq, y_mm=ys, x_mm=xs_, score=np.clip(sc, 0, None))
+
+
+def _canal_continues(dz: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """Whether a canal centre can move ``dy`` (anterior-posterior) and ``dx`` (sideways) mm over
+    ``dz`` mm: a few millimetres of play for the coarse grid and the pooling, plus the steepest
+    bends there are (the sacrum curves back about 1 mm per mm, a scoliosis about 0.5)."""
+    return (dy <= CANAL_PLAY_MM + 1.0 * dz) & (dx <= CANAL_PLAY_MM + 0.5 * dz)
+
+
+def _track_ends(
+    pooled: np.ndarray, grid: CoarseGrid, vz: np.ndarray, vy: np.ndarray, vx: np.ndarray, thr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extend the centreline ``(vz, vy, vx)`` (grid mm, ``z`` increasing) past both ends.
+
+    Slice by slice outwards, the strongest evidence within reach of the last position (see
+    :func:`_canal_continues`) is taken when it exceeds ``thr``; the track stops after 15 mm
+    without any.
+    """
+    dz, dy, dx = grid.spacing
+    oz, oy, ox = grid.offset
+    zc = pooled.shape[0]
+    # the reach of _canal_continues over one slice, in coarse voxels
+    ry = int((CANAL_PLAY_MM + 1.0 * dz) / dy)
+    rx = int((CANAL_PLAY_MM + 0.5 * dz) / dx)
+    ends = []
+    for direction in (-1, 1):
+        z0, y0, x0 = (vz[0], vy[0], vx[0]) if direction < 0 else (vz[-1], vy[-1], vx[-1])
+        k = int(round((z0 - oz) / dz)) + direction
+        iy, ix = int(round((y0 - oy) / dy)), int(round((x0 - ox) / dx))
+        last_k, found = k - direction, []
+        while 0 <= k < zc and abs(k - last_k) * dz <= 15.0:
+            y_lo, x_lo = max(iy - ry, 0), max(ix - rx, 0)
+            win = pooled[k, y_lo : iy + ry + 1, x_lo : ix + rx + 1]
+            if win.size and float(win.max()) > thr:
+                j = int(win.argmax())
+                iy, ix = y_lo + j // win.shape[1], x_lo + j % win.shape[1]
+                found.append((oz + k * dz, oy + iy * dy, ox + ix * dx))
+                last_k = k
+            k += direction
+        ends.append(found)
+    lo, hi = ends[0][::-1], ends[1]
+    z = np.concatenate([[p[0] for p in lo], vz, [p[0] for p in hi]])
+    y = np.concatenate([[p[1] for p in lo], vy, [p[1] for p in hi]])
+    x = np.concatenate([[p[2] for p in lo], vx, [p[2] for p in hi]])
+    return z, y, x
 
 
 def _running_median(v: np.ndarray, half: int) -> np.ndarray:
@@ -737,13 +792,24 @@ def _beyond_slices(st: Straightened, cols: np.ndarray) -> np.ndarray:
 #: a disc at either end of the column where the view goes on past it (:func:`_end_discs`)
 #: may score this fraction of the clearest discs (grown discs: 0.15)
 END_DISC_MIN = 0.05
+#: where no such disc lies where the next one is due (0.65-1.4 pitches on), one from this
+#: fraction of a pitch on: the disc beside a crushed end body (:func:`_end_discs`). A body's
+#: own dark band lies at 0.4-0.5 (the real CT's L1: 0.41)
+END_DISC_NEAR = 0.55
+#: how far (mm) past an end disc the view must go on: the next body's endplate in view
+END_DISC_REACH_MM = 8.0
 #: a strong disc (one that sets the pitch) dips to at least this fraction of a clear disc's
 #: depth in each of the three cues of :func:`disc_cues`. Weakest cue measured: lumbar discs of
-#: the real CT 0.68-1.5, phantoms' discs beside crushed L4s 0.37 and 0.2994 (held back, and
-#: that crush lost), a phantom's upper thoracic disc 0.17 (grown back at the local pitch); dark
-#: bands inside bodies 0.0-0.2, and 0.28 for the thin core left in a half-crushed real L3. No
-#: margin either way: docs/screening-method.md, Known gaps
+#: the real CT 0.68-1.5, phantoms' discs beside crushed L4s 0.37 and 0.2994 (held back, then
+#: put back by :func:`_put_back_held`), a phantom's upper thoracic disc 0.17 (grown back at the
+#: local pitch); dark bands inside bodies 0.0-0.2, and 0.28 for the thin core left in a
+#: half-crushed real L3. No margin on the cue: docs/screening-method.md, Known gaps
 STRONG_MIN_CUE = 0.3
+#: a held-back strong disc is put back in a gap longer than this many local pitches
+#: (:func:`_put_back_held`)
+HELD_GAP_PITCHES = 1.3
+#: a body's box (the middle 60% of its span, wall to wall) has at least 3% of it above 120 HU
+BODY_BONE_PERCENTILE = 97
 
 
 def disc_score(st: Straightened, valley_mm: float = 6.0) -> np.ndarray:
@@ -843,10 +909,13 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
     # upper thoracic disc, its posterior wall cue faint, is). Where fewer than three dip
     # clearly (a posterior wall cue failing throughout), the score alone decides, as before
     clear = [c for c in strong if weakest[c] >= STRONG_MIN_CUE]
+    held: list[int] = []
     if len(clear) >= 3:
+        held = [c for c in strong if c not in clear]
         strong = clear
     weak_thr = 0.15 * ref
     discs = _grow_discs(strong, cand, score, weak_thr, step)
+    discs = _put_back_held(discs, held, score, step)
     discs = _drop_split_discs(discs, score, ref)
     discs = _end_discs(discs, cand, score, END_DISC_MIN * ref, step, ~beyond)
     bodies: list[BodySpan] = []
@@ -869,7 +938,10 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
             bodies.insert(0, BodySpan(max(bot_end, s_bot - pitch), s_bot, upw, upw + 30.0, extra={"partial": True}))
     for bd in bodies:
         bd.u_post, bd.u_ant = _body_walls(st, bd, upw)
-    # drop spans that do not look like a vertebral body (bone in the box, some depth)
+    # drop spans that do not look like a vertebral body: some depth, and bone in the box. In
+    # an osteoporotic body the bone is its cortex (the trabecular core can read 30-50 HU), a
+    # few per cent of the box: its 90th percentile swung from 142 to 89 HU with the span one
+    # row shorter (a phantom's L2, then dropped, and every level left empty), its 97th holds
     keep = []
     for bd in bodies:
         h = bd.s_sup - bd.s_inf
@@ -877,12 +949,19 @@ def find_bodies(st: Straightened, min_body_mm: float = 8.0) -> list[BodySpan]:
         cols = (u >= bd.u_post) & (u <= bd.u_ant)
         if rows.sum() == 0 or cols.sum() == 0:
             continue
-        box_p90 = float(np.percentile(img[rows][:, cols], 90))
-        if box_p90 < 120.0 or bd.u_ant - bd.u_post < 12.0:
-            log.debug("dropping span %.0f-%.0f mm: P90 %.0f HU, depth %.0f mm", bd.s_inf, bd.s_sup, box_p90, bd.u_ant - bd.u_post)
+        if not _box_has_bone(img[rows][:, cols]) or bd.u_ant - bd.u_post < 12.0:
+            log.debug("dropping span %.0f-%.0f mm: no bone in its box or depth %.0f mm", bd.s_inf, bd.s_sup,
+                      bd.u_ant - bd.u_post)
             continue
         keep.append(bd)
     return keep
+
+
+def _box_has_bone(box: np.ndarray) -> bool:
+    """Whether a body's box (HU) holds bone: at least 3% of it above 120 HU
+    (``BODY_BONE_PERCENTILE``), which an osteoporotic body's cortex gives and soft tissue
+    does not."""
+    return float(np.percentile(box, BODY_BONE_PERCENTILE)) >= 120.0
 
 
 def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: float, step: float) -> list[int]:
@@ -903,17 +982,10 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
         changed = False
         gaps = np.diff(discs)
         for i, g in enumerate(gaps):
-            # the pitch of whole vertebrae: two close peaks at the edges of one tall gap (above
-            # a crushed body) are not a pitch, and halving everything to match them would be
-            others = np.delete(gaps, i)
-            others = others[others * step >= 15.0]
-            # the local pitch where there is one (up to two gaps either side): bodies grow from
-            # ~15 mm (upper thoracic) to ~30 mm (lumbar), and against the whole column's
-            # median a missing upper thoracic disc (a 41 mm gap among 21 mm ones) passes
-            near = np.concatenate([gaps[max(0, i - 2) : i], gaps[i + 1 : i + 3]])
-            near = near[near * step >= 15.0]
-            pool = near if len(near) else others
-            ref = float(np.median(pool)) if len(pool) else float(g)
+            # the pitch of whole vertebrae (gaps of 15 mm or more: two close peaks at the edges
+            # of one tall gap above a crushed body are not a pitch, and halving everything to
+            # match them would be), local where there is one
+            ref = _local_pitch(gaps, i, step)
             if g > 1.55 * ref and g * step > 20.0:
                 j = best_in(discs[i] + 0.3 * g, discs[i + 1] - 0.3 * g)
                 if j is not None:
@@ -936,6 +1008,48 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
     return discs
 
 
+def _local_pitch(gaps: np.ndarray, i: int, step: float) -> float:
+    """The pitch around gap ``i``: the median of up to two gaps either side of it (of at
+    least 15 mm), else of all the others, else the gap itself. Bodies grow from ~15 mm (upper
+    thoracic) to ~30 mm (lumbar), and against the whole column's median a missing upper
+    thoracic disc (a 41 mm gap among 21 mm ones) passes as one body."""
+    near = np.concatenate([gaps[max(0, i - 2) : i], gaps[i + 1 : i + 3]])
+    near = near[near * step >= 15.0]
+    if not len(near):
+        near = np.delete(gaps, i)
+        near = near[near * step >= 15.0]
+    return float(np.median(near)) if len(near) else float(gaps[i])
+
+
+def _put_back_held(discs: list[int], held: list[int], score: np.ndarray, step: float) -> list[int]:
+    """Put back a strong disc held back for a weak cue (see :func:`find_bodies`) where the gap
+    it lies in is more than one body: longer than ``HELD_GAP_PITCHES`` local pitches, with the
+    disc 0.3-0.7 of the way across it.
+
+    One body split at a dark band inside it makes two spans that add up to about one pitch
+    (the half-crushed real L3's core: 10 + 10 mm against 30); a crushed body beside a normal
+    one makes at least 1.4 (a phantom's L4 crush: 17 + 30 mm against 33), and the disc between
+    them can dip weakly in one cue (0.2994 there). Growing needs 1.55 pitches, with no strong
+    disc to go on.
+    """
+    discs = sorted(discs)
+    held_arr = np.asarray(sorted(set(held) - set(discs)), dtype=int)
+    while len(held_arr) and len(discs) >= 2:
+        gaps = np.diff(discs)
+        added = False
+        for i, g in enumerate(gaps):
+            sel = held_arr[(held_arr > discs[i] + 0.3 * g) & (held_arr < discs[i + 1] - 0.3 * g)]
+            if len(sel) and g > HELD_GAP_PITCHES * _local_pitch(gaps, i, step):
+                j = int(sel[np.argmax(score[sel])])
+                discs.insert(i + 1, j)
+                held_arr = held_arr[held_arr != j]
+                added = True
+                break
+        if not added:
+            break
+    return discs
+
+
 def _end_discs(
     discs: list[int], cand: list[int], score: np.ndarray, thr: float, step: float, inside: np.ndarray
 ) -> list[int]:
@@ -955,19 +1069,23 @@ def _end_discs(
     if len(discs) < 2:
         return discs
     cand_arr = np.asarray(cand)
-    reach = int(round(10.0 / step))
+    reach = int(round(END_DISC_REACH_MM / step))
     out = list(discs)
     for direction in (1, -1):
         gaps = np.diff(out)
         pitch = float(gaps[-1] if direction == 1 else gaps[0])
         last = out[-1] if direction == 1 else out[0]
-        lo, hi = sorted((last + direction * 0.65 * pitch, last + direction * 1.4 * pitch))
-        sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
-        if not len(sel):
+        for start in (0.65, END_DISC_NEAR):
+            lo, hi = sorted((last + direction * start * pitch, last + direction * 1.4 * pitch))
+            sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
+            sel = [int(c) for c in sel if score[c] >= thr]
+            if sel:
+                break
+        if not sel:
             continue
-        j = int(sel[np.argmax(score[sel])])
+        j = max(sel, key=lambda c: score[c])
         a, b = sorted((last, j + direction * reach))
-        if score[j] >= thr and a >= 0 and b < len(inside) and inside[a : b + 1].all():
+        if a >= 0 and b < len(inside) and inside[a : b + 1].all():
             if direction == 1:
                 out.append(j)
             else:
