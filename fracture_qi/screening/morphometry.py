@@ -398,22 +398,20 @@ def _endplates(
     # more reaching WIDEN_MM further: a short (crushed) body between ordinary discs can sit
     # a few millimetres off the disc centres found beside it, beyond the reach its own
     # small height sets
-    def path(lo: float, hi: float, rising: bool) -> list[float | None]:
-        return _endplate_path(_edge_candidates(h, sm, g, lo, hi, rising), grid, half_h)
+    def path(lo: float, hi: float, rising: bool, below: list[float | None] | None = None) -> list[float | None]:
+        cands = _edge_candidates(h, sm, g, lo, hi, rising)
+        if below is not None:  # each column's candidates at least min_gap below that line
+            cands = [c if v is None else c[c[:, 0] <= v - min_gap] for c, v in zip(cands, below)]
+        return _endplate_path(cands, grid, half_h)
 
     inner = 0.1 * half_h + (widen if inward else 0.0)
     sup_p = path(-inner, half_h + ext, False)
     if all(v is None for v in sup_p):
         sup_p = path(-inner, half_h + ext + WIDEN_MM, False)
-    def inf_path(lo: float) -> list[float | None]:
-        cands = _edge_candidates(h, sm, g, lo, inner, True)
-        if min_gap > 0:
-            cands = [c if v is None else c[c[:, 0] <= v - min_gap] for c, v in zip(cands, sup_p)]
-        return _endplate_path(cands, grid, half_h)
-
-    inf_p = inf_path(-half_h - ext)
+    below = sup_p if min_gap > 0 else None
+    inf_p = path(-half_h - ext, inner, True, below)
     if all(v is None for v in inf_p):
-        inf_p = inf_path(-half_h - ext - WIDEN_MM)
+        inf_p = path(-half_h - ext - WIDEN_MM, inner, True, below)
 
     def read(chosen: list[float | None], sign: float) -> list[float | None]:
         out: list[float | None] = []

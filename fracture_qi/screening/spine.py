@@ -789,6 +789,9 @@ def _beyond_slices(st: Straightened, cols: np.ndarray) -> np.ndarray:
     return ((z < -0.5 * dz) | (z > (float(st.sampler.vol_shape[0]) - 0.5) * dz)).any(axis=1)
 
 
+#: where the next disc is due, in pitches on from the last one at either end of the column
+#: (:func:`_grow_discs`, :func:`_end_discs`)
+NEXT_DISC_WINDOW = (0.65, 1.4)
 #: a disc at either end of the column where the view goes on past it (:func:`_end_discs`)
 #: may score this fraction of the clearest discs (grown discs: 0.15)
 END_DISC_MIN = 0.05
@@ -971,40 +974,51 @@ def _grow_discs(strong: list[int], cand: list[int], score: np.ndarray, thr: floa
     if len(discs) < 2:
         return discs
     cand_arr = np.asarray(cand)
-
-    def best_in(lo: float, hi: float) -> int | None:
-        sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
-        sel = sel[score[sel] >= thr]
-        return int(sel[np.argmax(score[sel])]) if len(sel) else None
-
-    changed = True
-    while changed:
-        changed = False
-        gaps = np.diff(discs)
-        for i, g in enumerate(gaps):
-            # the pitch of whole vertebrae (gaps of 15 mm or more: two close peaks at the edges
-            # of one tall gap above a crushed body are not a pitch, and halving everything to
-            # match them would be), local where there is one
-            ref = _local_pitch(gaps, i, step)
-            if g > 1.55 * ref and g * step > 20.0:
-                j = best_in(discs[i] + 0.3 * g, discs[i + 1] - 0.3 * g)
-                if j is not None:
-                    discs.insert(i + 1, j)
-                    changed = True
-                    break
+    discs = _fill_gaps(discs, cand_arr, score, thr, step, 1.55, 20.0)
     for direction in (1, -1):
         while True:
             gaps = np.diff(discs)
             pitch = float(gaps[-1] if direction == 1 else gaps[0])
             last = discs[-1] if direction == 1 else discs[0]
-            lo, hi = sorted((last + direction * 0.65 * pitch, last + direction * 1.4 * pitch))
-            j = best_in(lo, hi)
+            lo, hi = sorted(last + direction * f * pitch for f in NEXT_DISC_WINDOW)
+            j = _best_peak(cand_arr, score, thr, lo, hi)
             if j is None:
                 break
             if direction == 1:
                 discs.append(j)
             else:
                 discs.insert(0, j)
+    return discs
+
+
+def _best_peak(cand: np.ndarray, score: np.ndarray, thr: float, lo: float, hi: float) -> int | None:
+    """The highest-scoring candidate row strictly between ``lo`` and ``hi`` that scores at
+    least ``thr`` (the first of equals), or ``None``."""
+    sel = cand[(cand > lo) & (cand < hi)]
+    sel = sel[score[sel] >= thr]
+    return int(sel[np.argmax(score[sel])]) if len(sel) else None
+
+
+def _fill_gaps(
+    discs: list[int], pool: np.ndarray, score: np.ndarray, thr: float, step: float, ratio: float, min_mm: float
+) -> list[int]:
+    """Insert discs from ``pool`` (rows scoring at least ``thr``) into gaps longer than
+    ``ratio`` local pitches (:func:`_local_pitch`: gaps of 15 mm or more, so two close peaks at
+    the edges of one tall gap above a crushed body never set the pitch) and than ``min_mm``:
+    the best one 0.3-0.7 of the way across, one at a time, until no gap takes one."""
+    if not len(pool):
+        return discs
+    changed = True
+    while changed:
+        changed = False
+        gaps = np.diff(discs)
+        for i, g in enumerate(gaps):
+            if g > ratio * _local_pitch(gaps, i, step) and g * step > min_mm:
+                j = _best_peak(pool, score, thr, discs[i] + 0.3 * g, discs[i + 1] - 0.3 * g)
+                if j is not None:
+                    discs.insert(i + 1, j)
+                    changed = True
+                    break
     return discs
 
 
@@ -1032,22 +1046,7 @@ def _put_back_held(discs: list[int], held: list[int], score: np.ndarray, step: f
     them can dip weakly in one cue (0.2994 there). Growing needs 1.55 pitches, with no strong
     disc to go on.
     """
-    discs = sorted(discs)
-    held_arr = np.asarray(sorted(set(held) - set(discs)), dtype=int)
-    while len(held_arr) and len(discs) >= 2:
-        gaps = np.diff(discs)
-        added = False
-        for i, g in enumerate(gaps):
-            sel = held_arr[(held_arr > discs[i] + 0.3 * g) & (held_arr < discs[i + 1] - 0.3 * g)]
-            if len(sel) and g > HELD_GAP_PITCHES * _local_pitch(gaps, i, step):
-                j = int(sel[np.argmax(score[sel])])
-                discs.insert(i + 1, j)
-                held_arr = held_arr[held_arr != j]
-                added = True
-                break
-        if not added:
-            break
-    return discs
+    return _fill_gaps(sorted(discs), np.asarray(held, dtype=int), score, -np.inf, step, HELD_GAP_PITCHES, 0.0)
 
 
 def _end_discs(
@@ -1075,15 +1074,13 @@ def _end_discs(
         gaps = np.diff(out)
         pitch = float(gaps[-1] if direction == 1 else gaps[0])
         last = out[-1] if direction == 1 else out[0]
-        for start in (0.65, END_DISC_NEAR):
-            lo, hi = sorted((last + direction * start * pitch, last + direction * 1.4 * pitch))
-            sel = cand_arr[(cand_arr > lo) & (cand_arr < hi)]
-            sel = [int(c) for c in sel if score[c] >= thr]
-            if sel:
+        for start in (NEXT_DISC_WINDOW[0], END_DISC_NEAR):
+            lo, hi = sorted((last + direction * start * pitch, last + direction * NEXT_DISC_WINDOW[1] * pitch))
+            j = _best_peak(cand_arr, score, thr, lo, hi)
+            if j is not None:
                 break
-        if not sel:
+        if j is None:
             continue
-        j = max(sel, key=lambda c: score[c])
         a, b = sorted((last, j + direction * reach))
         if a >= 0 and b < len(inside) and inside[a : b + 1].all():
             if direction == 1:
