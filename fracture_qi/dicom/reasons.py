@@ -76,6 +76,9 @@ class ReasonCode(str, Enum):
     # --- screening --------------------------------------------------------------------------
     NO_VERTEBRAE = "NO_VERTEBRAE"
     """The screener found no measurable vertebral body."""
+    NO_ASSESSABLE_VERTEBRAE = "NO_ASSESSABLE_VERTEBRAE"
+    """Vertebrae were found but none could be graded (all cut by the field of view, beside
+    metal or measured with low confidence); the series is reported ``excluded``."""
     SCREEN_FAILED = "SCREEN_FAILED"
     """The model raised an unexpected error on this series (details in the log)."""
     FETCH_FAILED = "FETCH_FAILED"

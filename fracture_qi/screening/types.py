@@ -45,6 +45,33 @@ class MorphType(str, Enum):
     """Posterior height (and the whole body) reduced compared with neighbours."""
 
 
+class VertebraQuality(str, Enum):
+    """Whether a vertebra could be assessed, and if not, why (``vertebrae.csv`` ``quality``)."""
+
+    OK = "ok"
+    """Found, measured and graded."""
+    PARTIAL_FOV = "partial_fov"
+    """Cut by the first or last slice, the reconstruction circle or the field of view: not
+    graded, never flagged."""
+    METAL = "metal"
+    """Metal (fixation, cement) in or beside the body: not assessable."""
+    LOW_CONFIDENCE = "low_confidence"
+    """Found, but its endplates or walls could not be measured reliably: not graded."""
+
+
+class ContrastPhase(str, Enum):
+    """Contrast phase judged from the aorta's HU (it sets the low-density threshold)."""
+
+    UNENHANCED = "unenhanced"
+    """No iodinated contrast in the aorta."""
+    ARTERIAL = "arterial"
+    """Arterial phase: the aorta far brighter than the portal venous plateau."""
+    PORTAL_VENOUS = "portal_venous"
+    """Venous (or later) phase."""
+    UNKNOWN = "unknown"
+    """The aorta could not be sampled."""
+
+
 @dataclass
 class VertebraResult:
     """One assessed vertebral body."""
@@ -59,6 +86,8 @@ class VertebraResult:
     trabecular_hu: float | None = None
     #: for overlays: e.g. {"centre_zyx_mm": [...], "corners_zy_mm": [[...]*6], "x_mm": ...}
     geometry: dict[str, Any] | None = None
+    #: a :class:`VertebraQuality` value: only ``ok`` vertebrae are graded
+    quality: str = VertebraQuality.OK.value
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +107,8 @@ class SeriesResult:
     l1_hu: float | None = None
     bone_density_level: str | None = None
     low_density: bool | None = None
+    #: a :class:`ContrastPhase` value (the low-density threshold depends on it)
+    contrast_phase: str | None = None
     #: RGB uint8 (H, W, 3) key image, with no patient identifier burned in
     keyimage: np.ndarray | None = None
     seconds: float | None = None
