@@ -57,6 +57,11 @@ def _transfer_syntaxes() -> list[str]:
     return out
 
 
+def decodable_transfer_syntaxes() -> list[str]:
+    """Transfer syntaxes this installation decodes (native ones, then installed codecs)."""
+    return _transfer_syntaxes()
+
+
 def _ae(source: Any) -> Any:
     from pynetdicom import AE
 
@@ -353,5 +358,5 @@ def retrieve(source: Any, study_uid: str, series_uid: str, sop_uids: Iterable[st
         get(source, study_uid, series_uid, sop_uids, write)
 
 
-__all__ = ["echo", "find", "get", "list_instances", "move", "retrieve", "search_series",
+__all__ = ["decodable_transfer_syntaxes", "echo", "find", "get", "list_instances", "move", "retrieve", "search_series",
            "search_studies", "series_headers", "store"]

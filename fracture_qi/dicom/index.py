@@ -218,6 +218,7 @@ def chosen_series(
     unscreened_for: tuple[str, str] | None = None,
     source: str | None = None,
     limit: int | None = None,
+    studies: Iterable[str] | None = None,
 ) -> list[SeriesRef]:
     """The series chosen for screening, one per eligible study, oldest study first.
 
@@ -232,6 +233,8 @@ def chosen_series(
         Only series indexed from this manifest source.
     limit
         At most this many.
+    studies
+        Only these StudyInstanceUIDs (the listener screens the study it just received).
 
     Returns
     -------
@@ -256,6 +259,8 @@ def chosen_series(
         )
     if source is not None:
         stmt = stmt.where(Study.source == source)
+    if studies is not None:
+        stmt = stmt.where(Study.study_instance_uid.in_(list(studies)))
     if limit is not None:
         stmt = stmt.limit(limit)
     with Session(engine) as s:

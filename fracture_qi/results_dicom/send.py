@@ -128,6 +128,33 @@ def due_screenings(engine: Any, destination: str, kinds: Sequence[str], *,
     return out
 
 
+def screenings_of_run(engine: Any, run_id: int) -> list[int]:
+    """The screenings one screening run wrote."""
+    with session_scope(engine) as s:
+        return list(s.scalars(select(Screening.id).where(Screening.run_id == run_id)))
+
+
+def send_after_run(manifest: Any, engine: Any, run_id: int | None, *, progress: bool = False
+                   ) -> SendSummary:
+    """What ``fracture-qi screen --manifest M`` runs after screening: send the results of
+    this run, and retry those that failed to reach the PACS before."""
+    config = getattr(manifest, "results_to_pacs", None)
+    if config is None:
+        return SendSummary()
+    ids = set(failed_screenings(engine, config.source))
+    if run_id is not None:
+        ids.update(screenings_of_run(engine, run_id))
+    return send_results(manifest, engine, screening_ids=sorted(ids), progress=progress)
+
+
+def failed_screenings(engine: Any, destination: str) -> list[int]:
+    """Screenings with an object that failed to reach *destination* and may be retried."""
+    with session_scope(engine) as s:
+        return sorted(set(s.scalars(select(ResultObject.screening_id).where(
+            ResultObject.destination == destination, ResultObject.status == "failed",
+            ResultObject.attempts < MAX_ATTEMPTS))))
+
+
 def _record(engine: Any, screening_id: int, kind: str, destination: str, ds: Dataset | None
             ) -> int:
     """Insert or refresh the ``result_objects`` row of one object (``skipped`` without one)."""
@@ -251,4 +278,5 @@ def send_results(manifest: Any, engine: Any, *, screening_ids: Iterable[int] | N
     return summary
 
 
-__all__ = ["MAX_ATTEMPTS", "SendSummary", "build_objects", "due_screenings", "send_results"]
+__all__ = ["MAX_ATTEMPTS", "SendSummary", "build_objects", "due_screenings", "failed_screenings",
+           "screenings_of_run", "send_after_run", "send_results"]
