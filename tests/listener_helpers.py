@@ -49,7 +49,7 @@ def write_manifest(root: Path, *, port: int, callers: Sequence[str] = (CALLER,),
 class ListenerProcess:
     """`fracture-qi listen --manifest M` as a child process, its log in a file."""
 
-    def __init__(self, manifest: Path, port: int) -> None:
+    def __init__(self, manifest: Path, port: int | None) -> None:
         self.manifest = manifest
         self.port = port
         self.log = manifest.parent / f"listen-{time.monotonic_ns()}.log"
@@ -59,7 +59,13 @@ class ListenerProcess:
             [sys.executable, "-m", "fracture_qi", "listen", "--manifest", str(manifest)],
             stdout=self._f, stderr=subprocess.STDOUT, cwd=manifest.parent,
             start_new_session=True)
-        self.wait_ready()
+        if port is not None:
+            self.wait_ready()
+
+    @classmethod
+    def feed(cls, manifest: Path) -> ListenerProcess:
+        """A listener following an Orthanc's changes feed (no SCP to wait for)."""
+        return cls(manifest, None)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -78,6 +84,8 @@ class ListenerProcess:
             assoc = ae.associate("127.0.0.1", self.port, ae_title="FRACTUREQI")
             if assoc.is_established:
                 assoc.release()
+                return
+            if assoc.is_rejected:  # it answers (our test AE title is not one it accepts)
                 return
             time.sleep(0.3)
         raise AssertionError(f"listener not answering after {timeout} s:\n{self.text()}")
@@ -138,10 +146,15 @@ def wait_for(check: Any, what: str, timeout: float = WAIT_S, listener: ListenerP
 
 
 def query(db: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of *sql* on the listener's database ([] while it is not created yet)."""
     engine = open_store(f"sqlite:///{db}", migrate=False)
     try:
         with engine.connect() as c:
             return [tuple(r) for r in c.execute(sa.text(sql), params)]
+    except sa.exc.OperationalError as e:
+        if "no such table" in str(e):
+            return []
+        raise
     finally:
         engine.dispose()
 
