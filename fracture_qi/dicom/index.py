@@ -312,9 +312,11 @@ def _known(engine: Engine) -> tuple[dict[str, str], set[str], dict[Any, tuple[st
 
 
 def _duplicate_paths(engine: Engine) -> set[str]:
+    """Files already recorded as copies (of an instance, or of a slice at the same position
+    with identical pixels): not read again on the next run."""
     with Session(engine) as s:
-        return set(s.scalars(select(IndexProblem.path).where(
-            IndexProblem.reason == str(ReasonCode.DUPLICATE_STUDY))))
+        return set(s.scalars(select(IndexProblem.path).where(IndexProblem.reason.in_(
+            (str(ReasonCode.DUPLICATE_STUDY), str(ReasonCode.DUPLICATE_POSITION))))))
 
 
 def _study_files(engine: Engine, study_uids: Iterable[str]) -> list[str]:
