@@ -57,7 +57,7 @@ class ListenerProcess:
         self._f = open(self.log, "wb")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fracture_qi", "listen", "--manifest", str(manifest)],
-            stdout=self._f, stderr=subprocess.STDOUT, cwd=manifest.parent,
+            stdout=self._f, stderr=subprocess.STDOUT, cwd=manifest.parent, env=env,
             start_new_session=True)
         if port is not None:
             self.wait_ready()
