@@ -135,3 +135,41 @@ def test_orthanc_changes_feed_mode(orthanc: OrthancServer, study: list[Path],  #
     assert listener.terminate() == 0
     # our own SR coming back through the feed is not taken for new instances of the study
     assert query(db, "select count(*) from received_instances") == [(len(study),)]
+
+
+def test_screen_command_sends_results_and_retries_failures(
+        orthanc: OrthancServer, study: list[Path], tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fracture-qi screen --manifest M` with results_to_pacs: the run's results go into the
+    study on the PACS; when the PACS cannot be reached they are recorded as failed, the run
+    still succeeds, and the next run sends them."""
+    from fracture_qi.cli.main import main
+
+    orthanc.clear()
+    orthanc.upload(study)
+    monkeypatch.setenv("FQI_TEST_ORTHANC_PW", orthanc.password)
+    (tmp_path / "dicom").symlink_to(study[0].parent, target_is_directory=True)
+
+    def manifest(url: str) -> Path:
+        path = tmp_path / "site.yaml"
+        path.write_text(
+            "version: 1\nsynthetic: true\n"
+            f"database: sqlite:///{tmp_path / 'fqi.db'}\n"
+            "dicom_sources:\n  - {name: archive, kind: folder, path: dicom/}\n"
+            f'  - {{name: pacs, kind: dicomweb, url: "{url}", retries: 0, timeout_s: 5, '
+            f'auth: {{username: {orthanc.user}, password: "env:FQI_TEST_ORTHANC_PW"}}}}\n'
+            "results_to_pacs: {source: pacs}\nscreening: {device: cpu}\n")
+        return path
+
+    dead = f"http://127.0.0.1:{new_port()}/dicom-web"
+    assert main(["index", "--manifest", str(manifest(dead)), "--source", "archive"]) == 0
+    assert main(["screen", "--manifest", str(manifest(dead)), "--workers", "0",
+                 "--no-progress"]) == 0
+    db = tmp_path / "fqi.db"
+    rows = query(db, "select kind, status, attempts from result_objects order by kind")
+    assert rows == [("keyimage", "failed", 1), ("sr", "failed", 1)]
+    assert main(["screen", "--manifest", str(manifest(orthanc.dicomweb_url)), "--workers", "0",
+                 "--no-progress"]) == 0  # nothing left to screen; the failures are retried
+    rows = query(db, "select kind, status, attempts from result_objects order by kind")
+    assert rows == [("keyimage", "sent", 2), ("sr", "sent", 2)]
+    _check_results(orthanc, study, tmp_path)

@@ -102,9 +102,6 @@ class Listener:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
-    def _on_stored(self, study_uid: str, new: bool) -> None:
-        pass  # the loop polls the record; nothing to do per instance
-
     def _mark_complete(self, study_uid: str) -> None:
         with session_scope(self.engine) as s:
             row = s.query(ReceivedStudy).filter_by(study_instance_uid=study_uid).first()
@@ -184,7 +181,7 @@ class Listener:
             from fracture_qi.listener.scp import start_scp
 
             self._server = start_scp(self.config, self.area, self.engine,
-                                     self.summary.counters, self._on_stored)
+                                     self.summary.counters)
 
     def run(self, *, install_signals: bool = True) -> ListenSummary:
         """Receive and process until :meth:`stop` (or SIGTERM/SIGINT); returns the summary."""
