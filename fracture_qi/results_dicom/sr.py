@@ -4,7 +4,8 @@ Content tree (highdicom builds the template structure)::
 
     Imaging Measurement Report (TID 1500)
       Language, Observer: device "fracture-qi" (model id/version), Procedure: CT
-      Image Library: the source CT images
+      Image Library: the CT images the groups reference (every source image is listed
+        in the evidence sequence)
       Imaging Measurements
         Measurement Group (TID 1501), one per vertebra, cranial to caudal
           Tracking identifier "T12" (+ UID), Finding site: T12 vertebra (SCT)
@@ -162,6 +163,22 @@ def _study_evaluations(s: ScreenedSeries) -> ContainerContentItem:
     return box
 
 
+def _library(s: ScreenedSeries) -> list[Any]:
+    """The Image Library (TID 1600): the images the groups reference (one axial slice per
+    vertebra), else the series' middle image. Every image of the series is listed in the
+    evidence sequence anyway; a library of all 400 would only make the SR heavy."""
+    chosen: dict[str, Any] = {}
+    for v in s.result.vertebrae:
+        centre = (v.geometry or {}).get("centre_zyx_mm")
+        img = s.image_at(float(centre[0])) if centre and s.headers else None
+        if img is not None:
+            chosen.setdefault(str(img.SOPInstanceUID), img)
+    if not chosen and s.headers:
+        mid = s.headers[len(s.headers) // 2]
+        chosen[str(mid.SOPInstanceUID)] = mid
+    return sorted(chosen.values(), key=lambda d: float(d.ImagePositionPatient[2]))
+
+
 def measurement_report(s: ScreenedSeries) -> MeasurementReport:
     """The TID 1500 content tree of one screened series (see the module docstring)."""
     device = ObserverContext(
@@ -186,7 +203,7 @@ def measurement_report(s: ScreenedSeries) -> MeasurementReport:
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=device),
         procedure_reported=codes.CT_PROCEDURE, imaging_measurements=groups,
-        referenced_images=s.headers or None,
+        referenced_images=_library(s) or None,
     )
     report[0].ContentSequence.append(_study_evaluations(s))
     return report
