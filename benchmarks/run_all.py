@@ -38,6 +38,8 @@ def plan(quick: bool, out: Path) -> list[tuple[str, list[str]]]:
         ("accuracy", ["--patients", "4" if quick else "30", "--seed", "2029", "--out", str(out / "accuracy.json")]
          + ([] if quick else ["--full"])),
         ("load_analysis_speed", ["--studies", "20000" if quick else "500000", "--db", str(out / "qi.db")]),
+        ("listener_throughput", ["--slices", "100" if quick else "400", "--studies", "2" if quick else "6",
+                                 "--json", str(out / "listener_throughput.json")]),
     ]
     if (REALDATA / "totalsegmentator" / "example_ct.nii.gz").exists():
         steps.append(("realdata_planted", ["--realdata", str(REALDATA), "--out", str(out / "realdata_planted.json")]

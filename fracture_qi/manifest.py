@@ -265,7 +265,9 @@ class ModelConfig(_Strict):
     """The screening model: the built-in reference, a plug-in file, or vendor results."""
 
     kind: Literal["reference", "torchscript", "onnx", "vendor"] = "reference"
-    path: Path | None = Field(None, description="model file (torchscript/onnx) or results CSV (vendor)")
+    path: Path | None = Field(
+        None, description="model file (torchscript/onnx); vendor: results CSV, or a folder / "
+        ".dcm file of the vendor's DICOM results (SR, flagged Secondary Captures)")
     sha256: str | None = None
     card: Path | None = Field(None, description="model card (YAML/JSON) next to the file")
     id: str | None = None
@@ -357,6 +359,96 @@ class OutputsConfig(_Strict):
         return spec.path if isinstance(spec, OutputSpec) else default
 
 
+class OrthancFeed(_Strict):
+    """An Orthanc whose ``/changes`` feed is followed (sites routing through Orthanc)."""
+
+    url: str = Field(description="Orthanc's REST root, e.g. http://127.0.0.1:8042")
+    auth: DicomWebAuth | None = None
+    poll_seconds: float = Field(2.0, gt=0, le=600, description="wait between polls (s)")
+    timeout_s: float = Field(30.0, gt=0, description="per HTTP request")
+    verify_tls: bool | Path = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must start with http:// or https:// and name a host")
+        if re.match(r"^https?://[^/\s]*:[^/\s]*@", v):
+            raise ValueError("must not carry a password; use auth: {username, password: env:VAR}")
+        return v.rstrip("/")
+
+
+class ListenerConfig(_Strict):
+    """``fracture-qi listen``: the DICOM storage SCP the PACS (or a router) forwards CTs to.
+
+    Received instances are stored under the manifest's first ``folder`` source (the storage
+    area); a study counts as complete once nothing new arrived for ``quiet_seconds``.
+    """
+
+    ae_title: str = Field("FRACTUREQI", min_length=1, max_length=16,
+                          description="our AE title (the PACS sends to it)")
+    port: int = Field(11112, ge=1, le=65535, description="TCP port of the storage SCP")
+    bind: str = Field("0.0.0.0", min_length=1,
+                      description="address to listen on (one interface, or 0.0.0.0 for all)")
+    allowed_callers: list[str] = Field(
+        default_factory=list,
+        description="calling AE titles accepted (the PACS/router); empty: refuse everyone",
+    )
+    quiet_seconds: float = Field(
+        10.0, gt=0, le=3600,
+        description="a study is complete when nothing new arrived for this long (s)",
+    )
+    orthanc: OrthancFeed | None = Field(
+        None, description="follow an Orthanc's changes feed (StableStudy) instead of C-STORE",
+    )
+
+    @field_validator("ae_title")
+    @classmethod
+    def _aet(cls, v: str) -> str:
+        if not re.fullmatch(r"[ -~]{1,16}", v) or "\\" in v or not v.strip():
+            raise ValueError("an AE title is 1-16 printable ASCII characters without backslash")
+        return v.strip()
+
+    @field_validator("allowed_callers")
+    @classmethod
+    def _callers(cls, v: list[str]) -> list[str]:
+        out = []
+        for aet in v:
+            if not isinstance(aet, str) or not 0 < len(aet.strip()) <= 16:
+                raise ValueError(f"{aet!r} is not an AE title (1-16 characters)")
+            out.append(aet.strip())
+        return out
+
+
+ResultObject = Literal["sr", "keyimage", "seg"]
+
+
+class ResultsToPacsConfig(_Strict):
+    """Send screening results back into the study on the PACS as DICOM (off when absent).
+
+    ``source`` names a ``dicomweb`` (STOW-RS) or ``dimse`` (C-STORE) entry of
+    ``dicom_sources``.
+    """
+
+    source: str = Field(min_length=1, description="name of a dicomweb or dimse source")
+    objects: list[ResultObject] = Field(
+        default_factory=lambda: ["sr", "keyimage"],
+        description="what to send: sr (TID 1500 measurement report), keyimage (Secondary "
+        "Capture), seg (vertebral bodies, where the result carries outlines)",
+    )
+    series_number: int = Field(
+        9701, ge=1, le=2**31 - 1,
+        description="SeriesNumber of the first result series (SR; key image +1, SEG +2)",
+    )
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("list at least one of sr, keyimage, seg (or remove results_to_pacs)")
+        return list(dict.fromkeys(v))
+
+
 class TruthConfig(_Strict):
     """Known truth of a synthetic cohort."""
 
@@ -394,6 +486,8 @@ class Manifest(_Strict):
     adjudication: AdjudicationConfig = AdjudicationConfig()
     outputs: OutputsConfig = OutputsConfig()
     truth: TruthConfig | None = None
+    listener: ListenerConfig | None = None
+    results_to_pacs: ResultsToPacsConfig | None = None
 
     _path: Path = PrivateAttr(default=Path("data_manifest.yaml"))
 
@@ -449,6 +543,22 @@ class Manifest(_Strict):
                 raise ValueError(f"{what} names must be unique; repeated: {sorted(dup)}")
         return self
 
+    @model_validator(mode="after")
+    def _service_sections(self) -> Manifest:
+        if self.results_to_pacs is not None:
+            name = self.results_to_pacs.source
+            target = next((s for s in self.dicom_sources if s.name == name), None)
+            if target is None or isinstance(target, FolderSource):
+                pacs = [s.name for s in self.dicom_sources if not isinstance(s, FolderSource)]
+                raise ValueError(
+                    f"results_to_pacs.source {name!r} must name a dicomweb or dimse entry of "
+                    f"dicom_sources (PACS sources here: {pacs or 'none'})")
+        if self.listener is not None and not self.folder_sources():
+            raise ValueError("listener needs a folder source in dicom_sources: received "
+                             "studies are stored under the first one (e.g. {name: received, "
+                             "kind: folder, path: received/})")
+        return self
+
     # -- derived --------------------------------------------------------------------------
 
     @property
@@ -500,6 +610,30 @@ class Manifest(_Strict):
 
     def pacs_sources(self) -> list[DicomWebSource | DimseSource]:
         return [s for s in self.dicom_sources if not isinstance(s, FolderSource)]
+
+    def storage_area(self) -> FolderSource:
+        """The folder ``fracture-qi listen`` stores received studies in: the first folder source.
+
+        Raises
+        ------
+        ManifestError
+            When the manifest has no folder source.
+        """
+        folders = self.folder_sources()
+        if not folders:
+            raise ManifestError("dicom_sources", None, "no folder source to store received "
+                                "studies in", "add {name: received, kind: folder, path: "
+                                "received/} to dicom_sources", self.path)
+        return folders[0]
+
+    def results_destination(self) -> DicomWebSource | DimseSource | None:
+        """The PACS source named by ``results_to_pacs.source`` (None when sending is off)."""
+        if self.results_to_pacs is None:
+            return None
+        for s in self.pacs_sources():
+            if s.name == self.results_to_pacs.source:
+                return s
+        return None  # pragma: no cover - refused when the manifest is read
 
     def output_dir(self, name: str) -> Path:
         """Absolute folder of output *name* (``reports``, ``keyimages``, ``exports``)."""
@@ -618,6 +752,9 @@ def _resolve(m: Manifest, base: Path) -> None:
             s.cache_dir = rel(s.cache_dir)
         if isinstance(s, DicomWebSource) and isinstance(s.verify_tls, Path):
             s.verify_tls = rel(s.verify_tls)  # type: ignore[assignment]
+    feed = m.listener.orthanc if m.listener is not None else None
+    if feed is not None and isinstance(feed.verify_tls, Path):
+        feed.verify_tls = rel(feed.verify_tls)  # type: ignore[assignment]
     for r in m.fls_records:
         if isinstance(r, (CsvRecords, ExcelRecords)):
             r.path = rel(r.path)  # type: ignore[assignment]
@@ -660,6 +797,8 @@ def verify_inputs(m: Manifest) -> None:
             )
     for field, path, digest in _file_inputs(m):
         key = f"{field}.path"
+        if field == "model" and m.model.kind == "vendor" and path.is_dir():
+            continue  # vendor DICOM results arriving in a folder: no fixed checksum
         if not path.is_file():
             raise ManifestError(
                 key, str(path), "file not found",
@@ -824,10 +963,13 @@ __all__ = [
     "DimseSource",
     "ExcelRecords",
     "FolderSource",
+    "ListenerConfig",
     "Manifest",
     "ModelConfig",
     "OutputSpec",
+    "OrthancFeed",
     "OutputsConfig",
+    "ResultsToPacsConfig",
     "ScreeningConfig",
     "SqlRecords",
     "TruthConfig",

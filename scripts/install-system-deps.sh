@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Chromium (Voila pages, through Playwright),
-# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database).
+# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database), and
+# dicom3tools (dciodvfy validates the DICOM results the suite sends to the PACS).
 # Idempotent: installs only what is missing. Needs root (or sudo) on Debian/Ubuntu.
 set -euo pipefail
 need=()
@@ -8,8 +9,9 @@ need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql)"
+  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql, dicom3tools)"
   exit 0
 fi
 SUDO=""

@@ -53,7 +53,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
         hu = np.full((12, 16, 16), -1000, dtype=np.int16)
         k = 2 + 3 * i  # more bone in later series
         hu[:, 8 - k // 2: 8 + (k + 1) // 2, :] = 700 + rng.integers(0, 50)
-        drop = [6] if i == 3 else []  # one series with a missing slice
+        drop = [3, 8] if i == 3 else []  # one series with two missing slices (a gap)
         paths = dicomgen.write_ct_series(root / f"s{i}", n=12, rows=16, cols=16, spacing=2.0,
                                          hu=hu, drop=drop, StudyInstanceUID=study)
         import pydicom

@@ -131,7 +131,7 @@ def write_series(folder: Path, hu: np.ndarray, study: str, **kw) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> list[SeriesJob]:
-    """Six series: 3 normal, 1 grade 3, 1 grade 1, and one with a missing slice."""
+    """Six series: 3 normal, 1 grade 3, 1 grade 1, and one with two missing slices."""
     root = tmp_path_factory.mktemp("engine-cohort")
     specs = [({}, "normal0"), ({2: 0.5}, "g3"), ({}, "normal1"), ({1: 0.2}, "g1"),
              ({}, "normal2"), ("gap", "gap")]
@@ -139,7 +139,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> list[SeriesJob]:
     for i, (short, name) in enumerate(specs):
         study = dicomgen.new_uid("engine-study", i)
         hu = spine_hu(short=short if isinstance(short, dict) else None)
-        kw = {"drop": [20]} if short == "gap" else {}
+        kw = {"drop": [20, 40]} if short == "gap" else {}  # two missing: not interpolated
         paths = write_series(root / name, hu, study, **kw)
         import pydicom
         series_uid = str(pydicom.dcmread(paths[0], stop_before_pixels=True).SeriesInstanceUID)

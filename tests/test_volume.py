@@ -206,10 +206,34 @@ def test_missing_rescale_is_never_scored(tmp_path: Path) -> None:
 
 
 def test_slice_gap(tmp_path: Path) -> None:
-    paths = make_series(tmp_path, n=12)
-    mid = sorted(paths, key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])[5]
-    mid.unlink()
+    paths = sorted(make_series(tmp_path, n=14),
+                   key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])
+    for gone in (paths[4], paths[9]):  # two slices missing: not interpolated
+        gone.unlink()
     assert reason_of([p for p in paths if p.exists()]) == ReasonCode.SLICE_GAP
+
+
+def test_two_adjacent_missing_slices_are_a_gap(tmp_path: Path) -> None:
+    paths = sorted(make_series(tmp_path, n=14),
+                   key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])
+    paths[5].unlink()
+    paths[6].unlink()
+    assert reason_of([p for p in paths if p.exists()]) == ReasonCode.SLICE_GAP
+
+
+def test_one_missing_slice_is_interpolated_and_recorded(tmp_path: Path) -> None:
+    """Ingestion defect: one slice missing in an otherwise regular series is interpolated
+    (the field is linear in z, so the interpolated slice is exact) and recorded."""
+    paths = sorted(make_series(tmp_path, n=12),
+                   key=lambda p: pydicom.dcmread(p).ImagePositionPatient[2])
+    paths[5].unlink()
+    kept = [p for p in paths if p.exists()]
+    vol = load_series(kept)
+    assert vol.shape[0] == 12
+    assert_matches_field(vol)
+    assert len(vol.meta["interpolated_slices"]) == 1
+    assert any("interpolated" in c for c in vol.meta["coercions"])
+    assert reason_of(kept, strict=True) == ReasonCode.SLICE_GAP  # strict mode: no repair
 
 
 def test_uneven_spacing_and_tolerance(tmp_path: Path) -> None:
@@ -361,8 +385,14 @@ def test_truncated_inside_pixel_data(tmp_path: Path) -> None:
     vol = load_series(paths)
     assert vol.shape[0] == 7
     assert vol.meta["dropped"][0]["reason"] == "TRUNCATED"
-    # a cut-short slice in the middle leaves a gap, which is never papered over
+    # a cut-short slice in the middle leaves a one-slice gap: interpolated, and both the
+    # dropped file and the interpolation are recorded
     paths[4].write_bytes(paths[4].read_bytes()[:-100])
+    vol = load_series(paths)
+    assert vol.shape[0] == 7 and len(vol.meta["interpolated_slices"]) == 1
+    assert [d["reason"] for d in vol.meta["dropped"]] == ["TRUNCATED", "TRUNCATED"]
+    # two cut short leave a gap that is never papered over
+    paths[5].write_bytes(paths[5].read_bytes()[:-100])
     assert reason_of(paths) == ReasonCode.SLICE_GAP
 
 

@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "audit": "audit",
     "dashboard": "dashboard",
     "pacs": "pacs",
+    "listen": "listen",
 }
 
 EPILOG = """\

@@ -45,6 +45,10 @@ outputs (folder mode; same columns as 'fracture-qi export'):
                  ha_mm, hm_mm, hp_mm, score
   keyimages/     one PNG per screened series (index.csv maps file -> series)
 
+with results_to_pacs in the manifest, the results of the run (and any that failed to reach
+the PACS before) are then sent into their studies on the PACS: a TID 1500 SR and the key
+image as a Secondary Capture (docs/pacs-and-dicom.md).
+
 exit status: 0 when the batch ran, whatever single series failed (their reason codes are
 in the outputs); 2 when the run could not start (manifest, database, model, no input).
 docs: docs/screening-engine.md, docs/model-cards.md"""
@@ -156,6 +160,12 @@ def run(args: argparse.Namespace) -> int:
         if summary.n_planned == 0 and summary.n_skipped == 0:
             print("nothing to screen: every eligible series already has a result from this "
                   "model (or nothing is indexed yet: run fracture-qi index --manifest M)")
+        if manifest.results_to_pacs is not None:
+            from fracture_qi.results_dicom.send import send_after_run
+
+            sent = send_after_run(manifest, engine, summary.run_id, progress=progress)
+            for line in sent.lines():
+                print(line)
         print(f"database: {manifest.database_url.split('@')[-1]}  (screening run "
               f"{summary.run_id})")
         print(f"key images: {summary.keyimage_dir}")

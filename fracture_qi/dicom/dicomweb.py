@@ -166,6 +166,24 @@ def retrieve_instance(client: Any, study_uid: str, series_uid: str, sop_uid: str
                                     media_types=RETRIEVE_MEDIA_TYPES)
 
 
+def store_instances(client: Any, datasets: list[Dataset]) -> list[str]:
+    """STOW-RS *datasets* into the server; returns the SOP Instance UIDs it stored.
+
+    Raises
+    ------
+    PacsError
+        When the server reports instances it did not store (Failed SOP Sequence).
+    """
+    answer = client.store_instances(datasets)
+    failed = answer.get("FailedSOPSequence") if answer is not None else None
+    if failed:
+        reasons = ", ".join(f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed)
+        raise PacsError(f"STOW-RS: the server refused {len(failed)} of {len(datasets)} "
+                        f"instance(s) (failure reason {reasons}). Fix: check the server accepts "
+                        "these SOP classes and that this account may store")
+    return [str(ds.SOPInstanceUID) for ds in datasets]
+
+
 def echo(client: Any) -> None:
     """A cheap QIDO request that proves the URL, the TLS settings and the credentials.
 

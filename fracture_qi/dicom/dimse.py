@@ -57,6 +57,11 @@ def _transfer_syntaxes() -> list[str]:
     return out
 
 
+def decodable_transfer_syntaxes() -> list[str]:
+    """Transfer syntaxes this installation decodes (native ones, then installed codecs)."""
+    return _transfer_syntaxes()
+
+
 def _ae(source: Any) -> Any:
     from pynetdicom import AE
 
@@ -298,6 +303,52 @@ def move(source: Any, study_uid: str, series_uid: str, sop_uids: Iterable[str] |
     _check_final(final, "C-MOVE", source)
 
 
+def store(source: Any, datasets: Iterable[Dataset]) -> list[str]:
+    """C-STORE *datasets* to the peer in one association; returns the SOP Instance UIDs stored.
+
+    Each dataset is offered in its own transfer syntax (its file meta's, explicit VR little
+    endian when it has none).
+
+    Raises
+    ------
+    ConnectionError
+        Association or network failure (retried by the caller).
+    PacsError
+        The peer refused an instance (not retried): the status and the fix.
+    """
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    items = list(datasets)
+    if not items:
+        return []
+    ae = _ae(source)
+    contexts: set[tuple[str, str]] = set()
+    for ds in items:
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.get("TransferSyntaxUID", "") if meta is not None else "") or ExplicitVRLittleEndian
+        contexts.add((str(ds.SOPClassUID), ts))
+    for sop_class, ts in sorted(contexts):
+        ae.add_requested_context(sop_class, [ts])
+    assoc = _associate(ae, source)
+    stored: list[str] = []
+    try:
+        for ds in items:
+            status = assoc.send_c_store(ds)
+            if not status:
+                raise ConnectionError(f"C-STORE to {source.called_aet}: no response within "
+                                      f"{source.timeout_s} s")
+            code = int(status.Status)
+            if code not in (0x0000, 0xB000, 0xB007, 0xB006):  # success and warnings
+                name = getattr(ds.SOPClassUID, "name", str(ds.SOPClassUID))
+                raise PacsError(
+                    f"C-STORE of a {name} instance refused by {source.called_aet} (status 0x{code:04X}). Fix: check the PACS "
+                    f"accepts storage from AE {source.calling_aet} and this SOP class")
+            stored.append(str(ds.SOPInstanceUID))
+    finally:
+        assoc.release()
+    return stored
+
+
 def retrieve(source: Any, study_uid: str, series_uid: str, sop_uids: Iterable[str] | None,
              write: Callable[[str, bytes], None]) -> None:
     """C-GET or C-MOVE, as the source says."""
@@ -307,5 +358,5 @@ def retrieve(source: Any, study_uid: str, series_uid: str, sop_uids: Iterable[st
         get(source, study_uid, series_uid, sop_uids, write)
 
 
-__all__ = ["echo", "find", "get", "list_instances", "move", "retrieve", "search_series",
-           "search_studies", "series_headers"]
+__all__ = ["decodable_transfer_syntaxes", "echo", "find", "get", "list_instances", "move", "retrieve", "search_series",
+           "search_studies", "series_headers", "store"]

@@ -315,7 +315,13 @@ def _pixel_check(fp: Any, ds: Dataset, size: int, h: FileHeader) -> FileProblem 
     head = fp.read(12)
     if len(head) < 8 or head[:4] != _PIXEL_TAG_LE:
         return FileProblem(h.path, ReasonCode.NO_PIXEL_DATA, "the file has no Pixel Data element")
-    implicit = ds.file_meta.get("TransferSyntaxUID", "") == "1.2.840.10008.1.2"
+    ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if ts:
+        implicit = ts == "1.2.840.10008.1.2"
+    else:
+        # a raw dataset without file meta (read with force): its encoding is what pydicom
+        # found while parsing, usually implicit VR little endian
+        implicit = bool(getattr(ds, "original_encoding", (True, True))[0] is not False)
     if implicit:
         (length,) = struct.unpack("<I", head[4:8])
         value_at = start + 8
@@ -403,6 +409,8 @@ def read_header(path: str | os.PathLike[str], *, strict: bool = False) -> FileHe
             h = _from_dataset(ds, p, forced)
             if not strict:
                 coerce_uids(h, ds)
+            if forced:
+                h.coercions.append("no DICOM preamble/file meta: read with force=True")
             problem = _pixel_check(fp, ds, size, h)
             if problem is not None:
                 return problem

@@ -218,6 +218,7 @@ def chosen_series(
     unscreened_for: tuple[str, str] | None = None,
     source: str | None = None,
     limit: int | None = None,
+    studies: Iterable[str] | None = None,
 ) -> list[SeriesRef]:
     """The series chosen for screening, one per eligible study, oldest study first.
 
@@ -232,6 +233,8 @@ def chosen_series(
         Only series indexed from this manifest source.
     limit
         At most this many.
+    studies
+        Only these StudyInstanceUIDs (the listener screens the study it just received).
 
     Returns
     -------
@@ -256,6 +259,8 @@ def chosen_series(
         )
     if source is not None:
         stmt = stmt.where(Study.source == source)
+    if studies is not None:
+        stmt = stmt.where(Study.study_instance_uid.in_(list(studies)))
     if limit is not None:
         stmt = stmt.limit(limit)
     with Session(engine) as s:
@@ -307,9 +312,11 @@ def _known(engine: Engine) -> tuple[dict[str, str], set[str], dict[Any, tuple[st
 
 
 def _duplicate_paths(engine: Engine) -> set[str]:
+    """Files already recorded as copies (of an instance, or of a slice at the same position
+    with identical pixels): not read again on the next run."""
     with Session(engine) as s:
-        return set(s.scalars(select(IndexProblem.path).where(
-            IndexProblem.reason == str(ReasonCode.DUPLICATE_STUDY))))
+        return set(s.scalars(select(IndexProblem.path).where(IndexProblem.reason.in_(
+            (str(ReasonCode.DUPLICATE_STUDY), str(ReasonCode.DUPLICATE_POSITION))))))
 
 
 def _study_files(engine: Engine, study_uids: Iterable[str]) -> list[str]:

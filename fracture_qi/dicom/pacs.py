@@ -315,6 +315,35 @@ def series_headers(source: Any, study_uid: str, series_uid: str, *, base: Path |
     return found
 
 
+def store_instances(source: Any, datasets: Sequence[Dataset], *, base: Path | None = None
+                    ) -> list[str]:
+    """Send *datasets* to the PACS: STOW-RS (dicomweb) or C-STORE (dimse), with retries.
+
+    Sending the same SOP Instance UID again replaces the stored copy on the usual archives
+    (Orthanc, dcm4chee), so a retry after an interruption does not duplicate.
+
+    Returns
+    -------
+    list of str
+        The SOP Instance UIDs stored.
+
+    Raises
+    ------
+    PacsError
+        At once for a refusal; after the source's retries for a transient failure.
+    """
+    items = list(datasets)
+    if _kind(source) == "dicomweb":
+        from fracture_qi.dicom import dicomweb
+
+        client = _client(source, base)
+        return with_retries(lambda: dicomweb.store_instances(client, items),
+                            what="STOW-RS", source=source)
+    from fracture_qi.dicom import dimse
+
+    return with_retries(lambda: dimse.store(source, items), what="C-STORE", source=source)
+
+
 # --------------------------------------------------------------------------------------------
 # fetching
 

@@ -49,15 +49,18 @@ class ReasonCode(str, Enum):
     MISSING_RESCALE = "MISSING_RESCALE"
     """RescaleSlope/RescaleIntercept absent: values are not HU and are never scored."""
     SLICE_GAP = "SLICE_GAP"
-    """A slice is missing: the spacing jumps to a multiple of the usual step."""
+    """Slices are missing: the spacing jumps to a multiple of the usual step (one missing
+    slice in an otherwise regular series is interpolated instead, and noted)."""
     UNEVEN_SPACING = "UNEVEN_SPACING"
     """Slice spacing varies beyond tolerance without a clean gap."""
     DUPLICATE_POSITION = "DUPLICATE_POSITION"
-    """Two different slices share one position and cannot be told apart."""
+    """Two different slices share one position and cannot be told apart (identical copies,
+    re-sent instances, are dropped instead, and noted)."""
     MIXED_ORIENTATION = "MIXED_ORIENTATION"
     """Slices of one series have different ImageOrientationPatient."""
     GANTRY_TILT = "GANTRY_TILT"
-    """Slices are stacked along an axis not normal to the image plane (tilted gantry)."""
+    """Slices are stacked along an axis not normal to the image plane (tilted gantry); such
+    series are excluded, not resampled (docs/pacs-and-dicom.md says why)."""
     TOO_FEW_SLICES = "TOO_FEW_SLICES"
     """Too few slices to cover a vertebral body."""
     PIXEL_DATA_LENGTH = "PIXEL_DATA_LENGTH"
@@ -106,5 +109,13 @@ EXCLUSIONS = frozenset(
         ReasonCode.SLICE_TOO_THICK,
         ReasonCode.DICOMDIR,
         ReasonCode.NO_PIXEL_DATA,
+        # readable series whose geometry cannot be screened: nothing is corrupt, so not an
+        # "error" for IT (a missing slice alone is interpolated, identical repeated slices
+        # are dropped: these codes remain for what cannot be repaired honestly)
+        ReasonCode.TOO_FEW_SLICES,
+        ReasonCode.GANTRY_TILT,
+        ReasonCode.DUPLICATE_POSITION,
+        ReasonCode.SLICE_GAP,
+        ReasonCode.UNEVEN_SPACING,
     }
 )

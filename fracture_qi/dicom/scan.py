@@ -19,7 +19,11 @@ full rules):
 8. ``NO_SPINE_IN_VIEW`` from the cranio-caudal coverage (< :data:`MIN_COVERAGE_MM`).
 9. ``MISSING_RESCALE``, ``PIXEL_DATA_LENGTH``, ``INCONSISTENT_MATRIX``, ``MULTIFRAME``.
 10. From ImagePositionPatient: ``DUPLICATE_POSITION``, ``GANTRY_TILT``, ``SLICE_GAP``,
-    ``UNEVEN_SPACING`` (see :func:`position_problems`).
+    ``UNEVEN_SPACING`` (see :func:`position_problems`). These, like ``TOO_FEW_SLICES``, are
+    ``excluded`` (the geometry cannot be screened; no file is corrupt). Slices repeating
+    another's position with identical pixels (re-sent instances) are left out first
+    (:func:`drop_identical_copies`), and one missing slice in an otherwise regular series is
+    accepted (the loader interpolates it; the series' ``detail`` says where).
 11. ``SLICE_TOO_THICK``: the slice spacing (from positions, else SpacingBetweenSlices, else
     SliceThickness) exceeds ``max_slice_mm`` (:data:`MAX_SLICE_MM`, 3 mm by default): too
     coarse to measure vertebral heights (see :func:`slice_step_mm`).
@@ -405,7 +409,8 @@ def _normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def position_problems(
-    positions: Sequence[Sequence[float]], orientation: Sequence[float]
+    positions: Sequence[Sequence[float]], orientation: Sequence[float],
+    *, allow_one_missing: bool = True,
 ) -> tuple[ReasonCode, str] | None:
     """Check slice positions of one series: duplicates, tilt, gaps, uneven spacing.
 
@@ -415,6 +420,9 @@ def position_problems(
         ImagePositionPatient of every slice (any order).
     orientation
         The series' ImageOrientationPatient.
+    allow_one_missing
+        One missing slice in an otherwise regular series is not a problem (the volume loader
+        interpolates it; :func:`missing_slice_note` describes it). False: it is SLICE_GAP.
 
     Returns
     -------
@@ -427,8 +435,10 @@ def position_problems(
     >>> ax = [1, 0, 0, 0, 1, 0]
     >>> position_problems([(0, 0, z) for z in (0, 5, 10, 15)], ax) is None
     True
-    >>> position_problems([(0, 0, z) for z in (0, 5, 15, 20)], ax)[0].value
+    >>> position_problems([(0, 0, z) for z in (0, 5, 15, 20, 25, 35, 40)], ax)[0].value
     'SLICE_GAP'
+    >>> position_problems([(0, 0, z) for z in (0, 5, 15, 20)], ax) is None  # one: interpolated
+    True
     """
     if len(positions) < 2:
         return None
@@ -461,6 +471,8 @@ def position_problems(
         ratio = steps[k] / step
         if ratio > 1.5 and abs(ratio - round(ratio)) < 0.2:
             missing = int(sum(round(s / step) - 1 for s in steps if s / step > 1.5))
+            if missing == 1 and int(np.sum(dev)) == 1 and allow_one_missing:
+                return None  # one slice missing, the rest regular: interpolated on decoding
             return ReasonCode.SLICE_GAP, (
                 f"about {missing} slice(s) missing: a step of {steps[k]:.2f} mm where the "
                 f"usual step is {step:.2f} mm (at {d[k]:.1f} mm)"
@@ -470,6 +482,76 @@ def position_problems(
             f"(median {step:.2f} mm, tolerance {SPACING_REL_TOL:.0%})"
         )
     return None
+
+
+def missing_slice_note(positions: Sequence[Sequence[float]], orientation: Sequence[float]
+                       ) -> str:
+    """The note recorded for a series with exactly one missing slice ('' for none).
+
+    >>> missing_slice_note([(0, 0, z) for z in (0, 5, 15, 20)], [1, 0, 0, 0, 1, 0])
+    '1 slice missing at 10.0 mm along the slice normal: interpolated from its neighbours'
+    """
+    if len(positions) < 3:
+        return ""
+    d = np.sort(np.asarray(positions, dtype=float) @ _normal(orientation))
+    steps = np.diff(d)
+    step = float(np.median(steps))
+    big = np.flatnonzero(steps > 1.5 * step)
+    if len(big) != 1:
+        return ""
+    k = int(big[0])
+    return (f"1 slice missing at {(d[k] + d[k + 1]) / 2:.1f} mm along the slice normal: "
+            "interpolated from its neighbours")
+
+
+def _pixel_bytes(path: str) -> bytes | None:
+    """The Pixel Data bytes of a local file (None where they cannot be read)."""
+    if path.startswith("pacs://"):
+        return None
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, force=True, specific_tags=["PixelData"])
+        data = ds.get("PixelData")
+        return bytes(data) if data is not None else None
+    except Exception:  # noqa: BLE001 - unreadable: not a copy we can prove identical
+        return None
+
+
+def drop_identical_copies(headers: Sequence[FileHeader]) -> tuple[list[FileHeader], list[FileProblem]]:
+    """Drop slices that repeat another slice's position with identical pixels (re-sent
+    instances under new SOP Instance UIDs); different images at one position stay (they make
+    ``DUPLICATE_POSITION``). Only single-frame files with known positions are compared.
+
+    Returns
+    -------
+    (kept, dropped)
+        The headers kept, and one ``DUPLICATE_POSITION`` problem per copy left out.
+    """
+    singles = [h for h in headers if h.n_frames == 1 and h.positions and h.orientation]
+    if len(singles) < 2:
+        return list(headers), []
+    normal = _normal(singles[0].orientation)  # type: ignore[arg-type]
+    by_pos: dict[int, list[FileHeader]] = defaultdict(list)
+    for h in singles:
+        key = int(round(float(np.asarray(h.positions[0]) @ normal) / DUPLICATE_POSITION_MM))
+        by_pos[key].append(h)
+    dropped: list[FileProblem] = []
+    gone: set[str] = set()
+    for group in by_pos.values():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda h: (h.instance_number or 0, h.path))
+        first = _pixel_bytes(group[0].path)
+        if first is None:
+            continue
+        for other in group[1:]:
+            if _pixel_bytes(other.path) == first:
+                gone.add(other.path)
+                dropped.append(FileProblem(
+                    other.path, ReasonCode.DUPLICATE_POSITION,
+                    f"identical copy of {group[0].path} at the same position: left out"))
+    return [h for h in headers if h.path not in gone], dropped
 
 
 def slice_step_mm(s: SeriesHeader) -> float | None:
@@ -588,6 +670,9 @@ def eligibility(
         if prob is not None:
             s.set_reason(*prob)
             return
+        note = missing_slice_note(positions, s.orientation)
+        if note:
+            s.detail = "; ".join(x for x in (note, s.detail) if x)
     step = slice_step_mm(s)
     if step is not None and step > max_slice_mm + SLICE_TOL_MM:
         s.set_reason(
@@ -879,7 +964,13 @@ def assemble(
 
     by_study: dict[str, list[SeriesHeader]] = defaultdict(list)
     for (study_uid, _), hdrs in sorted(groups.items()):
+        hdrs, copies = drop_identical_copies(hdrs)
+        result.problems.extend(copies)
         s, kept = build_series(hdrs)
+        if copies:
+            note = (f"{len(copies)} identical copy(ies) of slices at the same position "
+                    "(re-sent instances) left out")
+            s.notes = "; ".join(x for x in (s.notes, note) if x)
         if s.coercions:  # once per series, not per file
             log.warning("series in %s (%d files) read leniently: %s", s.folder, len(hdrs),
                         "; ".join(s.coercions))

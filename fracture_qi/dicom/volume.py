@@ -14,7 +14,9 @@ What it checks, each failure with a stable :class:`~fracture_qi.dicom.reasons.Re
 * rescale slope/intercept missing (MISSING_RESCALE: raw values are never passed on as HU);
 * mixed orientation, mixed matrix, gantry tilt (not resampled: GANTRY_TILT), oblique
   planes beyond tolerance (NOT_AXIAL), duplicate positions (identical copies dropped,
-  conflicting ones DUPLICATE_POSITION), a missing slice (SLICE_GAP), uneven spacing
+  conflicting ones DUPLICATE_POSITION), missing slices (SLICE_GAP; one missing slice in an
+  otherwise regular series is interpolated from its neighbours and recorded in
+  ``meta["interpolated_slices"]`` and ``meta["coercions"]``), uneven spacing
   (UNEVEN_SPACING), too few slices, wrong Pixel Data length, codecs not installed.
 
 Files are parsed by :mod:`fracture_qi.dicom.fastread` (only the elements used here; about
@@ -486,6 +488,18 @@ def _assemble(slices: list[_Slice], log: _Log, min_slices: int) -> tuple[list[_S
     step = float(np.median(steps))
     tol = SPACING_ABS_TOL_MM + SPACING_REL_TOL * step
     off_step = np.flatnonzero(np.abs(steps - step) > tol)
+    interpolate_after: list[int] = []
+    if off_step.size:
+        b = int(off_step[0])
+        ratio = steps[b] / step
+        if ratio > 1.5 and abs(ratio - round(ratio)) * step <= tol and round(ratio) == 2 \
+                and off_step.size == 1:
+            # one slice missing in an otherwise regular series: interpolated (recorded)
+            log.coerce(slices[b + 1].path, ReasonCode.SLICE_GAP,
+                       f"1 slice missing at {(d[b] + d[b + 1]) / 2:.2f} mm along the normal "
+                       f"(step {step:.2f} mm): interpolated from its neighbours")
+            interpolate_after.append(b)
+            off_step = off_step[1:]
     if off_step.size:
         b = int(off_step[0])
         ratio = steps[b] / step
@@ -510,7 +524,7 @@ def _assemble(slices: list[_Slice], log: _Log, min_slices: int) -> tuple[list[_S
                           "tilt); such series are not resampled here. Fix: use a "
                           "reconstruction without tilt")
     return slices, {"row_dir": row_dir, "col_dir": col_dir, "normal": normal, "step": step,
-                    "tilt_deg": tilt}
+                    "tilt_deg": tilt, "interpolate_after": interpolate_after}
 
 
 def _same_pixels(a: _Slice, b: _Slice) -> bool:
@@ -654,6 +668,14 @@ def load_series(
         bits = int(_q(s.ds, "BitsStored", 0) or 0)
         _to_hu(img, s.slope, s.intercept, stack[k], bits)
     cache.clear()
+    positions = [sl.position for sl in slices]
+    interpolated: list[float] = []
+    for b in reversed(geo["interpolate_after"]):
+        mid = ((stack[b].astype(np.int32) + stack[b + 1].astype(np.int32)) // 2).astype(np.int16)
+        stack = np.insert(stack, b + 1, mid, axis=0)
+        positions.insert(b + 1, (positions[b] + positions[b + 1]) / 2)
+        interpolated.append(round(float(positions[b + 1] @ geo["normal"]), 2))
+    n = stack.shape[0]
 
     # Map (k, i, j) onto canonical (z, y, x): permute by patient axis, flip negative steps.
     # LPS axis 2 (z) -> canonical axis 0, 1 (y) -> 1, 0 (x) -> 2.
@@ -675,7 +697,7 @@ def load_series(
     for a in range(3):
         if signs[a] < 0:
             idx[a] = shape_kij[a] - 1
-    origin_lps = (slices[idx[0]].position + idx[1] * first.pixel_spacing[0] * geo["col_dir"]
+    origin_lps = (positions[idx[0]] + idx[1] * first.pixel_spacing[0] * geo["col_dir"]
                   + idx[2] * first.pixel_spacing[1] * geo["row_dir"])
 
     ds0 = first.ds
@@ -703,6 +725,7 @@ def load_series(
         "tilt_deg": round(geo["tilt_deg"], 3),
         "dropped": log.dropped,
         "coercions": log.coercions,
+        "interpolated_slices": interpolated,
         "decode_seconds": round(time.perf_counter() - t0, 4),
     }
     vol = CTVolume(

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MODEL_KINDS = ("reference", "torchscript", "onnx", "vendor")
 _SUFFIX_KIND = {".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
-                ".onnx": "onnx", ".csv": "vendor"}
+                ".onnx": "onnx", ".csv": "vendor", ".dcm": "vendor"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -676,12 +676,34 @@ def _parse_flag(value: str, where: str) -> bool:
     raise ModelError(f"{where}: flag {value!r} is not 0/1. Fix: write 1 for flagged, 0 for not")
 
 
+def folder_sha256(folder: Path | str) -> str:
+    """A digest of a folder's files (relative name and content), for provenance.
+
+    Vendor results delivered as DICOM keep arriving, so no checksum is declared for a folder;
+    this digest, stored with the screening run, says exactly which files a run read.
+    """
+    root = Path(folder)
+    h = hashlib.sha256()
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(str(p.relative_to(root)).encode("utf-8") + b"\0")
+        h.update(file_sha256(p).encode("ascii"))
+    return h.hexdigest()
+
+
 class VendorResults:
     """Another AI's per-study results, loaded as a model so they are audited the same way.
 
-    The CSV has columns ``study_instance_uid, flag, score, levels`` (levels like
-    ``"T12:2;L1:3"``). Results are looked up by study; no pixels are decoded
-    (``needs_pixels`` is False), so screening a cohort this way takes seconds.
+    Two forms of ``path``:
+
+    * a CSV with columns ``study_instance_uid, flag, score, levels`` (levels like
+      ``"T12:2;L1:3"``), its sha256 declared in the manifest;
+    * the vendor's **DICOM output**: a folder (or one ``.dcm`` file) of TID 1500 SRs, simple
+      vendor SRs with a study-level finding, or flagged Secondary Captures, read by
+      :mod:`fracture_qi.results_dicom.read` (a folder's digest is recorded instead of a
+      declared checksum, since results keep arriving).
+
+    Results are looked up by study; no pixels are decoded (``needs_pixels`` is False), so
+    screening a cohort this way takes seconds.
     """
 
     needs_pixels = False
@@ -696,12 +718,28 @@ class VendorResults:
             )
         self.spec = spec
         self.path = Path(spec.path)
-        self.sha256 = verify_sha256(self.path, spec.sha256)
+        self.dicom = self.path.is_dir() or self.path.suffix.lower() != ".csv"
+        if self.path.is_dir():
+            self.sha256 = folder_sha256(self.path)
+        else:
+            self.sha256 = verify_sha256(self.path, spec.sha256)
         self.model_id = str(spec.model_id)
         self.model_version = str(spec.model_version)
         self.flag_grade = spec.flag_grade
         self._rows: dict[str, SeriesResult] = {}
-        self._read()
+        if self.dicom:
+            self._read_dicom()
+        else:
+            self._read()
+
+    def _read_dicom(self) -> None:
+        from fracture_qi.results_dicom.read import read_results
+
+        found = read_results([self.path], flag_grade=self.flag_grade)
+        for uid, r in found.by_study.items():
+            self._rows[uid] = r.result
+        log.info("vendor DICOM results %s: %d studies from %d files (%d not results)",
+                 self.path.name, len(self._rows), found.n_files, found.ignored)
 
     def _read(self) -> None:
         with open(self.path, newline="", encoding="utf-8-sig") as f:
@@ -743,13 +781,16 @@ class VendorResults:
         if found is None:
             return SeriesResult(
                 status="error", reason=str(ReasonCode.NO_MODEL_RESULT),
-                detail=f"no row for this study in {self.path.name}",
+                detail=f"no {'DICOM result' if self.dicom else 'row'} for this study in "
+                   f"{self.path.name}",
             )
         # a fresh copy: results are mutated downstream (seconds)
         return SeriesResult(
             status=found.status, flagged=found.flagged, score=found.score,
             max_grade=found.max_grade,
             vertebrae=[VertebraResult(**v.as_row()) for v in found.vertebrae],
+            l1_hu=found.l1_hu, bone_density_level=found.bone_density_level,
+            low_density=found.low_density, contrast_phase=found.contrast_phase,
         )
 
     def screen(self, volume: CTVolume) -> SeriesResult:
@@ -846,6 +887,7 @@ __all__ = [
     "VendorResults",
     "card_path_for",
     "file_sha256",
+    "folder_sha256",
     "load_model",
     "parse_levels",
     "prepare_input",

@@ -118,6 +118,8 @@ def study_row(
     ...           reason="LOCALIZER")["flagged"]
     ''
     """
+    if status == "error" and reason and str(reason) in {str(r) for r in EXCLUSIONS}:
+        status = "excluded"  # e.g. a decode-time GANTRY_TILT: the geometry, not a corrupt file
     ok = status == "ok"
     return {
         "path": path or "",

@@ -329,3 +329,76 @@ class AuditRun(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|failed
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReceivedStudy(Base):
+    """A study arriving at ``fracture-qi listen``: when it came, whether it was processed.
+
+    ``state`` is ``receiving`` (instances still arriving), ``complete`` (quiet for the
+    listener's ``quiet_seconds``: to be indexed, screened and sent), ``processed`` or
+    ``failed`` (processing failed ``attempts`` times; ``last_error`` says why). A study that
+    receives new instances after it was processed goes back to ``receiving``.
+    """
+
+    __tablename__ = "received_studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    origin: Mapped[str] = mapped_column(String(16), default="dimse")  # dimse | orthanc
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    first_received_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+    last_received_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+    n_instances: Mapped[int] = mapped_column(Integer, default=0)
+    n_processed: Mapped[int] = mapped_column(Integer, default=0)  # instances at last processing
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTC)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ReceivedInstance(Base):
+    """One instance stored by the listener (its file is written before this row commits)."""
+
+    __tablename__ = "received_instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    calling_aet: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+
+
+class ServiceState(Base):
+    """Small durable facts of a long-running service (the Orthanc changes cursor...)."""
+
+    __tablename__ = "service_state"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+
+
+class ResultObject(Base):
+    """A DICOM object made from a screening (SR, key image, SEG) and where it was sent.
+
+    UIDs are derived from the screening, so a retry after an interrupted send stores the
+    same instance again rather than a second copy. ``status``: ``pending`` (made, not yet
+    acknowledged), ``sent`` or ``failed`` (``detail`` says why; retried on the next run).
+    """
+
+    __tablename__ = "result_objects"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    screening_id: Mapped[int] = mapped_column(ForeignKey("screenings.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # sr | keyimage | seg
+    destination: Mapped[str] = mapped_column(String(100))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    detail: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTC)
+    __table_args__ = (
+        UniqueConstraint("screening_id", "kind", "destination", name="uq_result_object_once"),
+    )
