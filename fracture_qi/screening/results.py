@@ -14,7 +14,6 @@ headers).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -28,6 +27,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from fracture_qi.csvsafe import DictWriter
 from fracture_qi.dicom.reasons import EXCLUSIONS, ReasonCode
 from fracture_qi.errors import StoreError
 from fracture_qi.screening.types import SeriesResult
@@ -304,7 +304,8 @@ class _CsvFile:
         tmp = path.with_name(path.name + ".partial")
         self._tmp = tmp
         self._f = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115  (closed by close())
-        self._w = csv.DictWriter(self._f, fieldnames=list(columns))
+        # the suite's one CSV writer: a folder or header text cannot become a formula
+        self._w = DictWriter(self._f, fieldnames=list(columns))
         self._w.writeheader()
         self.n = 0
 
