@@ -189,6 +189,10 @@ class _Records(_Strict):
     columns: dict[str, str] = Field(
         default_factory=dict, description="site column name -> standard column name"
     )
+    ignore_columns: list[str] = Field(
+        default_factory=list,
+        description="export columns to leave out (any other unknown column is refused)",
+    )
 
 
 class CsvRecords(_Records):
@@ -199,6 +203,8 @@ class CsvRecords(_Records):
     sha256: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    max_mb: float | None = Field(
+        None, gt=0, description="largest file read, MB (default 25: about 45x in memory)")
 
     @field_validator("sha256")
     @classmethod
@@ -213,6 +219,7 @@ class ExcelRecords(_Records):
     path: Path
     sha256: str | None = None
     sheet: str | int = 0
+    max_mb: float | None = Field(None, gt=0, description="largest file read, MB (default 25)")
 
     @field_validator("sha256")
     @classmethod
