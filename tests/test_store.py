@@ -270,3 +270,29 @@ def test_postgres_append_only_against_upsert_merge_and_truncate(fresh_postgres_u
     engine = open_store(fresh_postgres_url)
     _assert_no_verb_rewrites_a_decision(engine)
     engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# a zero-byte database file is refused, not silently re-created (issue 21, item 6)
+# --------------------------------------------------------------------------------------------
+def test_zero_byte_database_file_is_refused_not_recreated(tmp_path):
+    import os
+    import time
+
+    db = tmp_path / "fqi.db"
+    db.write_bytes(b"")
+    old = time.time() - 3600  # truncated an hour ago (a file being created is younger)
+    os.utime(db, (old, old))
+    with pytest.raises(StoreError, match="empty \\(0 bytes\\).*restore it from the last backup"):
+        open_store(f"sqlite:///{db}")
+    assert db.stat().st_size == 0  # nothing was created in its place
+    (tmp_path / "data_manifest.yaml").write_text(
+        "version: 1\nsynthetic: true\ndatabase: sqlite:///fqi.db\n"
+        "pseudonymisation_key: env:FRACTURE_QI_KEY\n")
+    r = subprocess.run([sys.executable, "-m", "fracture_qi", "worklist", "--manifest",
+                        str(tmp_path / "data_manifest.yaml")],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "0 bytes" in r.stderr and db.stat().st_size == 0
+    # a new site (no file yet) still starts
+    assert current_revision(open_store(f"sqlite:///{tmp_path / 'new.db'}")) == head_revision()
