@@ -181,13 +181,13 @@ def start_run(
     host: str,
     code_version: str,
 ) -> int:
-    """Insert the ScreeningRun row of this invocation; return its id."""
+    """Insert the ScreeningRun row of this invocation (with this process's id); return its id."""
     with session_scope(engine) as s:
         run = ScreeningRun(
             model_id=str(model.model_id)[:100], model_version=str(model.model_version)[:50],
             model_sha256=getattr(model, "sha256", None), params=jsonable(params),
             device=(device or None) and str(device)[:32], host=host, code_version=code_version,
-            status="running", n_ok=0, n_error=0,
+            status="running", n_ok=0, n_error=0, pid=os.getpid(), heartbeat_at=utcnow(),
         )
         s.add(run)
         s.flush()
@@ -275,6 +275,7 @@ class DatabaseSink:
                         run.n_ok = (run.n_ok or 0) + 1
                     else:
                         run.n_error = (run.n_error or 0) + 1
+                    run.heartbeat_at = utcnow()
         except IntegrityError as e:
             if self._exists(int(job.series_id)):
                 log.info("series %s already screened by %s %s; kept the existing row",
