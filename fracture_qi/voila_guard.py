@@ -278,8 +278,8 @@ class GuardedWebsocketConnection(ZMQChannelsWebsocketConnection):  # type: ignor
         """*msg_list* with error details replaced; ``None`` for stderr (logged instead)."""
         from jupyter_client.session import DELIM
 
-        frames = [bytes(m.bytes if hasattr(m, "bytes") else m) for m in msg_list]
-        idents, rest = self.session.feed_identities(frames)
+        # jupyter_server receives with copy=True: the frames are bytes, read without copying
+        idents, rest = self.session.feed_identities(msg_list)
         if len(rest) < 5:
             return msg_list
         header = json.loads(rest[1])
