@@ -48,7 +48,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from fracture_qi.dicom.volume import load_series
-from fracture_qi.screening.engine import SeriesJob, _peak_rss_mb, screen_series
+from fracture_qi.screening.decode import peak_rss_mb
+from fracture_qi.screening.engine import SeriesJob, screen_series
 from fracture_qi.screening.types import SeriesResult
 
 
@@ -259,7 +260,7 @@ def rss_check(args, model) -> dict[str, Any]:
     o = outs[0]
     return {"slices": len(paths), "status": o.result.status,
             "worker_peak_rss_mb": o.worker_peak_rss_mb,
-            "main_peak_rss_mb": _peak_rss_mb()}
+            "main_peak_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> int:

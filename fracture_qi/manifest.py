@@ -189,6 +189,10 @@ class _Records(_Strict):
     columns: dict[str, str] = Field(
         default_factory=dict, description="site column name -> standard column name"
     )
+    ignore_columns: list[str] = Field(
+        default_factory=list,
+        description="export columns to leave out (any other unknown column is refused)",
+    )
 
 
 class CsvRecords(_Records):
@@ -199,6 +203,8 @@ class CsvRecords(_Records):
     sha256: str | None = None
     delimiter: str = ","
     encoding: str = "utf-8"
+    max_mb: float | None = Field(
+        None, gt=0, description="largest file read, MB (default 25: about 45x in memory)")
 
     @field_validator("sha256")
     @classmethod
@@ -213,6 +219,7 @@ class ExcelRecords(_Records):
     path: Path
     sha256: str | None = None
     sheet: str | int = 0
+    max_mb: float | None = Field(None, gt=0, description="largest file read, MB (default 25)")
 
     @field_validator("sha256")
     @classmethod
@@ -704,6 +711,42 @@ _FIXES = {
 }
 
 
+#: keys whose value is a secret (or a reference to one): an error never shows what was found
+SECRET_KEYS = frozenset({"pseudonymisation_key", "password", "token", "secret", "key",
+                         "api_key", "passphrase", "private_key"})
+#: keys holding a URL, which may carry a password: an error shows it with the password hidden
+URL_KEYS = frozenset({"database", "url"})
+#: what an error shows in place of a secret
+HIDDEN = "<hidden>"
+
+
+def shown_value(field: str, value: Any) -> Any:
+    """*value* as an error message may show it for the key *field*: never a secret.
+
+    Examples
+    --------
+    >>> shown_value("dicom_sources[1].auth.password", "hunter2")
+    '<hidden>'
+    >>> shown_value("database", "postgresql://fqi:pw@db/fqi")
+    'postgresql://fqi:***@db/fqi'
+    >>> shown_value("screening.flag_grade", 5)
+    5
+    """
+    key = re.sub(r"\[\d+\]$", "", field.rsplit(".", 1)[-1]).lower()
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if key in SECRET_KEYS:
+        return HIDDEN
+    if key in URL_KEYS and isinstance(value, str):
+        if _SECRET_REF.match(value):
+            return value  # env:NAME / file:PATH name where the secret is, not the secret
+        try:
+            return make_url(value).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (an http URL...)
+            return re.sub(r"(://[^/\s:@]*):[^/\s@]*@", r"\1:***@", value)
+    return value
+
+
 def _translate(err: ValidationError, manifest: Path) -> ManifestError:
     errors = err.errors(include_url=False)
     # a misspelt key also makes the right one "missing": report the misspelling first
@@ -726,7 +769,12 @@ def _translate(err: ValidationError, manifest: Path) -> ManifestError:
     more = len(err.errors()) - 1
     if more:
         problem += f" (and {more} more problem(s) in this manifest)"
-    return ManifestError(field, value, problem, fix, manifest)
+    shown = shown_value(field, value)
+    if shown != value and kind == "value_error":  # a secret was written into the manifest
+        fix = ("keep the secret out of the manifest: put it in an environment variable or a "
+               "chmod-600 file and write env:VARNAME or file:/path here (docs/manifest.md); "
+               "if the manifest was shared or committed, change the secret")
+    return ManifestError(field, shown, problem, fix, manifest)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

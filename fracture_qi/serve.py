@@ -2,20 +2,32 @@
 
 Voila turns a notebook into a web app: each page load starts a kernel, runs the notebook and
 shows its widgets, never its code. This module is the one place that decides how the suite
-runs Voila, so every app gets the same safe defaults:
+runs Voila (it runs in the ``fracture-qi`` process and imports no Voila); the server process
+itself is ``python -m fracture_qi.voila_guard``, which hardens Voila before it listens (see
+that module). Every app gets the same safe defaults:
 
 * binds to ``127.0.0.1`` unless told otherwise, and refuses any other address without a token
   (anyone who can reach the port could otherwise read patient details);
 * ``show_tracebacks=False`` and ``strip_sources=True``: no code, file paths or exception text
-  reach the browser;
-* idle kernels (tab closed) are culled, so a day of page loads does not exhaust memory;
+  reach the browser (and :mod:`fracture_qi.voila_guard` scrubs kernel errors on the websocket);
+* at most :data:`DEFAULT_MAX_KERNELS` kernels per server (``max_kernels``), and idle kernels
+  (tab closed) are culled, so page loads cannot exhaust memory;
 * ``/voila/files/`` serves nothing unless a caller allows it, rooted at the notebook's folder;
 * parameters (manifest path, reviewer) travel as environment variables, because Voila has no
-  papermill-style parameters: the kernel inherits the server's environment.
+  papermill-style parameters: the kernel inherits the server's environment;
+* **the token travels in the environment too** (:data:`ENV_TOKEN`), never on a command line
+  (``ps`` shows command lines to every local user) and never in the log: the server process
+  takes it out of its environment before any kernel starts, and the URL printed for the user
+  leaves it out.
 
 The browser may only send comm (widget) and kernel-info/shutdown messages: Voila refuses
 ``execute_request`` (tested in ``tests/test_serve.py``). Widget values can still be set by
 any client, so the apps validate every input on the server.
+
+How a caller (the CLI, or a multi-user front end) passes settings: ``host``, ``port``,
+``max_kernels``, culling and the file allow-list become Voila options on the server's command
+line (:func:`voila_command`); the token and the app's parameters become environment variables
+of the server process (:func:`start_notebook_server`).
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from fracture_qi.errors import ConfigError
 
@@ -40,6 +53,10 @@ ENV_MANIFEST = "FRACTURE_QI_MANIFEST"
 ENV_REVIEWER = "FRACTURE_QI_REVIEWER"
 #: environment variable naming the audit (worklist) the adjudication app works on
 ENV_AUDIT = "FRACTURE_QI_AUDIT"
+#: environment variable holding the access token: read by ``fracture-qi adjudicate/dashboard``
+#: (default of ``--token``) and the way the launcher hands the token to the server process,
+#: which removes it from its environment before kernels start
+ENV_TOKEN = "FRACTURE_QI_TOKEN"
 
 #: seconds a kernel with no browser connected may sit idle before it is shut down
 DEFAULT_CULL_IDLE_TIMEOUT_S = 600
@@ -47,6 +64,10 @@ DEFAULT_CULL_IDLE_TIMEOUT_S = 600
 DEFAULT_CULL_INTERVAL_S = 60
 #: the port the apps use when none is given (Voila's own default)
 DEFAULT_PORT = 8866
+#: kernels (open pages) one server runs at once by default. A page of the adjudication app
+#: holds about 200 MB (12 kernels took 2.5 GB in the issue-21 probe), so 8 stay under 2 GB
+#: while leaving a nurse or a QI lead several tabs. Sites change it with --max-kernels.
+DEFAULT_MAX_KERNELS = 8
 
 
 def is_loopback(host: str) -> bool:
@@ -97,7 +118,8 @@ def check_bind(host: str, token: str | None) -> None:
         raise ConfigError(
             f"refusing to serve on {host} without a token: anyone who can reach this port "
             "would see patient details. Fix: serve on 127.0.0.1 (the default) behind the "
-            "trust's reverse proxy, or pass --token with a long random secret "
+            "trust's reverse proxy, or give a long random token in a chmod-600 file "
+            "(--token-file PATH) or in $FRACTURE_QI_TOKEN "
             "(python -c 'import secrets;print(secrets.token_urlsafe(32))')"
         )
     if len(token) < 16:
@@ -105,6 +127,56 @@ def check_bind(host: str, token: str | None) -> None:
             f"the token for {host} is {len(token)} characters; at least 16 are needed. "
             "Fix: use python -c 'import secrets;print(secrets.token_urlsafe(32))'"
         )
+
+
+def read_token_file(path: str | Path) -> str:
+    """The access token kept in *path*, which only its owner may read.
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, empty, or readable by other users.
+    """
+    p = Path(path).expanduser()
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the token file {p}: {e.strerror}. Fix: create it with "
+                          "the token on one line and chmod 600 it") from e
+    if os.name == "posix" and mode & 0o077:
+        raise ConfigError(f"the token file {p} can be read by other users (mode "
+                          f"{mode & 0o777:04o}). Fix: chmod 600 {p}")
+    if not text:
+        raise ConfigError(f"the token file {p} is empty. Fix: put the token in it on one line")
+    return text
+
+
+def add_server_arguments(parser: Any, *, max_kernels: int = DEFAULT_MAX_KERNELS) -> None:
+    """Add ``--host --token-file --token --max-kernels`` to a command that serves an app."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; any other needs a token)")
+    parser.add_argument("--token-file", default=None, metavar="PATH",
+                        help="file holding the access token (chmod 600); preferred for a "
+                             f"non-local bind. Or set ${ENV_TOKEN}")
+    parser.add_argument("--token", default=None,
+                        help=f"access token (default: ${ENV_TOKEN}). Avoid: a command-line "
+                             "argument is visible to every user of this computer in the "
+                             "process list; use --token-file or the environment variable")
+    parser.add_argument("--max-kernels", type=int, default=max_kernels, metavar="N",
+                        help=f"most pages (kernels, ~200 MB each) open at once (default "
+                             f"{max_kernels})")
+
+
+def token_from_args(args: Any) -> str | None:
+    """The access token from ``--token-file``, ``--token`` or :data:`ENV_TOKEN` (in that order)."""
+    if getattr(args, "token_file", None):
+        return read_token_file(args.token_file)
+    if getattr(args, "token", None):
+        logger.warning("--token on the command line is visible to every user of this computer "
+                       "(ps); use --token-file PATH or the %s environment variable", ENV_TOKEN)
+        return str(args.token)
+    return os.environ.get(ENV_TOKEN) or None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -122,10 +194,11 @@ def voila_command(
     token: str | None = None,
     cull_idle_timeout: int = DEFAULT_CULL_IDLE_TIMEOUT_S,
     cull_interval: int = DEFAULT_CULL_INTERVAL_S,
+    max_kernels: int = DEFAULT_MAX_KERNELS,
     file_allowlist: Sequence[str] = (),
     extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """Build the ``voila`` command line with the suite's safe settings.
+    """Build the Voila server's command line with the suite's safe settings.
 
     Parameters
     ----------
@@ -134,10 +207,13 @@ def voila_command(
     port, host
         Where to listen. Non-loopback hosts need *token* (see :func:`check_bind`).
     token
-        Access token (the browser opens ``http://host:port/?token=...``); ``None`` for none.
+        The access token, only checked here (:func:`check_bind`): it is never put on the
+        command line; :func:`start_notebook_server` passes it in :data:`ENV_TOKEN`.
     cull_idle_timeout, cull_interval
         Seconds before an idle kernel with no browser attached is shut down, and how often
         to look.
+    max_kernels
+        Most kernels (open pages) the server runs at once (at least 1).
     file_allowlist
         Regular expressions of files under the notebook's folder that ``/voila/files/`` may
         serve; empty (the default) serves none.
@@ -147,13 +223,13 @@ def voila_command(
     Returns
     -------
     list of str
-        ``[python, -m, fracture_qi.serve, NOTEBOOK, ...]`` ready for :mod:`subprocess`;
+        ``[python, -m, fracture_qi.voila_guard, NOTEBOOK, ...]`` ready for :mod:`subprocess`;
         the arguments after the module are Voila's own.
 
     Raises
     ------
     ConfigError
-        When the notebook does not exist or the bind is unsafe.
+        When the notebook does not exist, the bind is unsafe or *max_kernels* is below 1.
 
     Examples
     --------
@@ -170,11 +246,14 @@ def voila_command(
             "so its packaged notebooks are present, or give the right path"
         )
     check_bind(host, token)
-    cmd = [
+    if int(max_kernels) < 1:
+        raise ConfigError(f"max_kernels is {max_kernels}; give 1 or more (--max-kernels)")
+    return [
         sys.executable,
         "-m",
-        # our launcher: Voila with hardened static-file handlers (see _launch_voila)
-        "fracture_qi.serve",
+        # our launcher: Voila with bounded websocket parsing, scrubbed errors, a kernel cap
+        # and hardened static-file handlers (see fracture_qi.voila_guard)
+        "fracture_qi.voila_guard",
         str(nb),
         "--no-browser",
         f"--port={int(port)}",
@@ -187,6 +266,7 @@ def voila_command(
         f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_timeout)}",
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         "--MappingKernelManager.cull_connected=False",
+        f"--CappedKernelManager.max_kernels={int(max_kernels)}",
         # an empty list cannot be written as a command-line list; a pattern that matches no
         # path (a NUL byte never occurs in a URL path) keeps /voila/files/ closed
         *(
@@ -195,15 +275,15 @@ def voila_command(
             else ["--VoilaConfiguration.file_allowlist=\\x00"]
         ),
         "--VoilaConfiguration.file_denylist=.*\\.(ipynb|py|db|yaml|yml|json|csv|sqlite)",
+        *extra_args,
     ]
-    if token:
-        cmd.append(f"--token={token}")
-    cmd.extend(extra_args)
-    return cmd
 
 
 def app_url(host: str, port: int, token: str | None = None) -> str:
     """The URL a browser opens for a server started with these settings.
+
+    Give *token* only to hand the URL to a browser in memory: never print or log it (see
+    :func:`display_url`).
 
     Examples
     --------
@@ -216,6 +296,36 @@ def app_url(host: str, port: int, token: str | None = None) -> str:
     return f"http://{h}:{port}/" + (f"?token={token}" if token else "")
 
 
+def display_url(host: str, port: int, token: str | None = None) -> str:
+    """The URL to print for the user: never the token itself.
+
+    Examples
+    --------
+    >>> display_url("10.0.0.5", 8866, "s3cret-token-value")
+    'http://10.0.0.5:8866/ (enter the access token when asked, or add ?token=<your token>)'
+    """
+    url = app_url(host, port)
+    return url + (" (enter the access token when asked, or add ?token=<your token>)"
+                  if token else "")
+
+
+def server_env(env: Mapping[str, str] | None = None, token: str | None = None) -> dict[str, str]:
+    """The environment of a Voila server process: this one's, *env*, and the token.
+
+    The token goes in :data:`ENV_TOKEN` (the server takes it out before kernels start); without
+    one, an :data:`ENV_TOKEN` inherited from this process is removed so that no server gets a
+    token it was not given.
+    """
+    full = dict(os.environ)
+    full.update(env or {})
+    full.pop(ENV_TOKEN, None)
+    if token:
+        full[ENV_TOKEN] = token
+    # the kernel must import this very installation of fracture_qi, whatever the cwd
+    full.setdefault("PYTHONNOUSERSITE", "1")
+    return full
+
+
 def start_notebook_server(
     notebook: str | Path,
     *,
@@ -225,22 +335,26 @@ def start_notebook_server(
     env: Mapping[str, str] | None = None,
     cull_idle_timeout: int = DEFAULT_CULL_IDLE_TIMEOUT_S,
     cull_interval: int = DEFAULT_CULL_INTERVAL_S,
+    max_kernels: int = DEFAULT_MAX_KERNELS,
     file_allowlist: Sequence[str] = (),
     extra_args: Sequence[str] = (),
     stdout: int | object | None = None,
     stderr: int | object | None = None,
+    start_new_session: bool = False,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start Voila in the background; return the process and the URL to open.
 
     Parameters are those of :func:`voila_command`; in addition *env* holds variables
     added to this process's environment for the server and its kernels (e.g.
     ``{ENV_MANIFEST: "/path/data_manifest.yaml", ENV_REVIEWER: "nurse-a"}``), and
-    *stdout*/*stderr* go to :class:`subprocess.Popen`. ``port=None`` picks a free port.
+    *stdout*/*stderr*/*start_new_session* go to :class:`subprocess.Popen`. ``port=None``
+    picks a free port. The token reaches the server in its environment (:func:`server_env`).
 
     Returns
     -------
     (subprocess.Popen, str)
-        The server process (stop it with ``terminate()``) and its URL.
+        The server process (stop it with ``terminate()``) and its URL, with the token in it
+        when there is one: for a browser, not for printing (use :func:`display_url`).
     """
     if port is None:
         port = free_port(host if is_loopback(host) else "0.0.0.0")
@@ -251,15 +365,13 @@ def start_notebook_server(
         token=token,
         cull_idle_timeout=cull_idle_timeout,
         cull_interval=cull_interval,
+        max_kernels=max_kernels,
         file_allowlist=file_allowlist,
         extra_args=extra_args,
     )
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    # the kernel must import this very installation of fracture_qi, whatever the cwd
-    full_env.setdefault("PYTHONNOUSERSITE", "1")
-    logger.info("starting Voila: %s", " ".join(shlex.quote(c) for c in cmd if "token" not in c))
-    proc = subprocess.Popen(cmd, env=full_env, stdout=stdout, stderr=stderr)
+    logger.info("starting Voila: %s", " ".join(shlex.quote(c) for c in cmd))
+    proc = subprocess.Popen(cmd, env=server_env(env, token), stdout=stdout, stderr=stderr,
+                            start_new_session=start_new_session)
     return proc, app_url(host, port, token)
 
 
@@ -279,11 +391,13 @@ def serve_notebook(
     open_browser: bool = False,
     cull_idle_timeout: int = DEFAULT_CULL_IDLE_TIMEOUT_S,
     cull_interval: int = DEFAULT_CULL_INTERVAL_S,
+    max_kernels: int = DEFAULT_MAX_KERNELS,
     extra_args: Sequence[str] = (),
 ) -> int:
     """Serve *notebook* with Voila until interrupted (blocking); return Voila's exit status.
 
-    This is what ``fracture-qi adjudicate`` and ``fracture-qi dashboard`` call.
+    This is what ``fracture-qi adjudicate`` and ``fracture-qi dashboard`` call. Ctrl-C or
+    SIGTERM (a service manager stopping it) stops the server and its kernels too.
 
     Parameters
     ----------
@@ -294,121 +408,68 @@ def serve_notebook(
     host
         Address to bind; ``127.0.0.1`` unless the site puts a token on it.
     token
-        Access token; required for a non-loopback *host*.
+        Access token; required for a non-loopback *host*. Never printed.
     env
         Parameters for the notebook as environment variables (see :data:`ENV_MANIFEST`).
     open_browser
-        Open the app in this machine's web browser once the server is up.
+        Open the app in this machine's web browser once the server is up (without the token
+        in the URL: the browser's command line would show it; the page asks for it).
     cull_idle_timeout, cull_interval
         Kernel culling, see :func:`voila_command`.
+    max_kernels
+        Most kernels (open pages) at once, see :func:`voila_command`.
     extra_args
         Further Voila options (e.g. :data:`PREHEAT_ARGS`), see :func:`voila_command`.
 
     Returns
     -------
     int
-        The server's exit status (0 after Ctrl-C).
+        The server's exit status (0 after Ctrl-C or SIGTERM).
 
     Raises
     ------
     ConfigError
         Unsafe bind, missing notebook.
     """
-    proc, url = start_notebook_server(
+    import signal
+
+    port = port or DEFAULT_PORT
+    proc, _ = start_notebook_server(
         notebook,
-        port=port or DEFAULT_PORT,
+        port=port,
         host=host,
         token=token,
         env=env,
         cull_idle_timeout=cull_idle_timeout,
         cull_interval=cull_interval,
+        max_kernels=max_kernels,
         extra_args=extra_args,
     )
-    logger.warning("serving %s at %s (Ctrl-C to stop)", Path(notebook).name, url)
+    logger.warning("serving %s at %s (Ctrl-C to stop)", Path(notebook).name,
+                   display_url(host, port, token))
     if open_browser:
         import webbrowser  # only for interactive use
 
-        webbrowser.open(url)
+        webbrowser.open(app_url(host, port))
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
+        proc.terminate()  # Voila shuts its kernels down on SIGTERM
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _harden_voila() -> None:
-    """Make Voila's template static handler answer 404, not 500, to malformed paths.
+if __name__ == "__main__":  # the launcher moved to fracture_qi.voila_guard; kept for old scripts
+    from fracture_qi.voila_guard import launch
 
-    ``/voila/templates/../../etc/passwd`` reaches an ``assert`` in Voila 0.5's
-    ``TemplateStaticFileHandler``: nothing leaks, but the request ends in a 500 and a
-    logged traceback. Turning such paths into a plain 404 keeps the logs for real faults.
-    """
-    import tornado.web
-    from voila import static_file_handler as sfh
-
-    cls = sfh.TemplateStaticFileHandler
-    parse_orig = cls.parse_url_path
-    abs_orig = cls.get_absolute_path.__func__  # type: ignore[attr-defined]
-
-    def parse_url_path(self, path):  # type: ignore[no-untyped-def]
-        parts = path.split("/", 2)
-        if len(parts) != 3 or parts[1] != "static" or ".." in path.replace("\\", "/").split("/"):
-            raise tornado.web.HTTPError(404)
-        return parse_orig(self, path)
-
-    def get_absolute_path(klass, root, path):  # type: ignore[no-untyped-def]
-        parts = os.path.normpath(path).split(os.path.sep, 2)
-        if len(parts) != 3 or parts[1] != "static":
-            raise tornado.web.HTTPError(404)
-        return abs_orig(klass, root, path)
-
-    cls.parse_url_path = parse_url_path  # type: ignore[method-assign]
-    cls.get_absolute_path = classmethod(get_absolute_path)  # type: ignore[method-assign,assignment]
-
-    # Voila 0.5 serves /voila/files/ without asking for the token even when one is set; a
-    # site that opens file_allowlist would publish those files to anyone who can connect.
-    files = sfh.AllowListFileHandler
-    prepare_orig = files.prepare
-
-    def prepare(self):  # type: ignore[no-untyped-def]
-        idp = self.settings.get("identity_provider")
-        token = getattr(idp, "token", "") or ""
-        if token and not _request_has_token(self, idp, token):
-            raise tornado.web.HTTPError(403)
-        return prepare_orig(self)
-
-    files.prepare = prepare  # type: ignore[method-assign]
-
-
-def _request_has_token(handler: object, idp: object, token: str) -> bool:
-    """Whether a request carries the server's token (query, header) or its login cookie."""
-    import hmac
-
-    given = handler.get_argument("token", "")  # type: ignore[attr-defined]
-    auth = handler.request.headers.get("Authorization", "")  # type: ignore[attr-defined]
-    if not given and auth.lower().startswith("token "):
-        given = auth[6:].strip()
-    if given:
-        return hmac.compare_digest(given.encode(), token.encode())
-    try:  # the login cookie jupyter_server sets after a token login
-        name = idp.get_cookie_name(handler)  # type: ignore[attr-defined]
-        return handler.get_secure_cookie(name) is not None  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - no cookie support: only the token itself counts
-        return False
-
-
-def _launch_voila(argv: Sequence[str]) -> None:
-    """Run Voila with *argv* after :func:`_harden_voila` (``python -m fracture_qi.serve``)."""
-    _harden_voila()
-    from voila.app import main as voila_main
-
-    sys.argv = ["voila", *argv]
-    voila_main()
-
-
-if __name__ == "__main__":
-    _launch_voila(sys.argv[1:])
+    launch(sys.argv[1:])

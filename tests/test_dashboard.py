@@ -281,3 +281,30 @@ def test_cli_preheat_is_opt_in(site, monkeypatch, preheat: bool) -> None:  # typ
     assert tuple(seen["extra_args"]) == (serve.PREHEAT_ARGS if preheat else ())
     cmd = serve.voila_command(seen["notebook"], port=8866, extra_args=seen["extra_args"])
     assert ("--preheat_kernel=True" in cmd) is preheat
+
+
+@pytest.mark.parametrize("damage", ["not_a_database", "damaged_pages"])
+def test_dashboard_on_a_corrupt_database_gives_one_line(tmp_path, damage) -> None:  # type: ignore[no-untyped-def]
+    """Like every other command: one line naming the database and the fix, no traceback."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "site"
+    manifest = make_fixture_site(folder, studies=60, seed=3)
+    db = folder / "fracture_qi.db"
+    data = bytearray(db.read_bytes())
+    if damage == "not_a_database":
+        data[:] = bytes(range(256)) * (len(data) // 256)
+    else:  # a valid header over garbage pages
+        for i in range(4096, len(data)):
+            data[i] = (i * 7919) % 251
+    db.write_bytes(bytes(data))
+    for wal in folder.glob("fracture_qi.db-*"):
+        wal.unlink()
+    r = subprocess.run([sys.executable, "-m", "fracture_qi", "dashboard", "--manifest",
+                        str(manifest), "--refresh"], capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "fracture_qi.db" in lines[0] and "Fix:" in lines[0]

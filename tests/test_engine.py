@@ -350,6 +350,11 @@ def test_killed_run_resumes_without_duplicates(tmp_path: Path, cohort: list[Seri
                             progress=False, jobs=jobs)
     assert summary.n_skipped == done
     assert summary.n_ok + summary.n_error == len(jobs) - done
+    # the killed run no longer claims to be running (issue 21)
+    assert summary.interrupted_runs == [killed_run.id]
+    with session_scope(engine) as s:
+        again = s.get(ScreeningRun, killed_run.id)
+        assert again.status == "interrupted" and again.finished_at is not None
     with session_scope(engine) as s:
         assert s.scalar(select(func.count(Screening.id))) == len(jobs)
         assert s.scalar(select(func.count(func.distinct(Screening.series_id)))) == len(jobs)
@@ -360,29 +365,35 @@ def test_killed_run_resumes_without_duplicates(tmp_path: Path, cohort: list[Seri
 
 POISON_LOADER = textwrap.dedent("""
     import os
+    import signal
     from fracture_qi.screening.engine import load_job
 
     def loader(job):
         if str(job.key).startswith("poison"):
-            os._exit(137)  # as the kernel's OOM killer would end it
+            with open(job.path, "a") as f:  # count the attempts
+                f.write("attempt\\n")
+            os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would end it
         return load_job(job)
 """)
 
 
 def test_dead_worker_is_isolated_and_batch_goes_on(tmp_path: Path, cohort: list[SeriesJob],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A series that kills its worker every time: retried once, then WORKER_DIED."""
     # the loader must be importable by the spawned workers: a module on sys.path
     (tmp_path / "poison_loader.py").write_text(POISON_LOADER)
     monkeypatch.syspath_prepend(str(tmp_path))
     import poison_loader  # type: ignore[import-not-found]
 
+    attempts = tmp_path / "attempts.txt"
     poison = SeriesJob(key="poison", study_instance_uid="1.2.3", series_instance_uid="1.2.3.4",
-                       paths=cohort[0].paths)
+                       paths=cohort[0].paths, path=str(attempts))
     jobs = [cohort[0], poison, cohort[1], cohort[2]]
     out = by_key(screen_series(jobs, BandHeightModel(), workers=2, loader=poison_loader.loader))
     assert set(out) == {"poison", "normal0", "g3", "normal1"}
-    assert out["poison"].result.reason == "DECODE_FAILED"
-    assert "died" in out["poison"].result.detail
+    assert out["poison"].result.reason == "WORKER_DIED"
+    assert "died" in out["poison"].result.detail and "signal 9" in out["poison"].result.detail
+    assert attempts.read_text().count("attempt") == 2  # the first try and one retry
     assert all(out[k].result.status == "ok" for k in ("normal0", "g3", "normal1"))
 
 
@@ -495,3 +506,124 @@ def test_timeout_from_manifest_reaches_the_pool(tmp_path: Path, cohort: list[Ser
     run_screening(manifest, db, model=BandHeightModel(), workers=1, progress=False,
                   jobs=cohort[:1], timeout_s=2.0)
     assert seen["timeout_s"] == 2.0
+
+
+# --------------------------------------------------------------------------------------------
+# a decode worker killed mid-run (issue 21, item 4), a run killed outright (item 6)
+# --------------------------------------------------------------------------------------------
+PACED_LOADER = textwrap.dedent("""
+    import time
+    from fracture_qi.screening.engine import load_job
+
+    def loader(job):
+        time.sleep(0.8)  # a series that takes a while to decode
+        return load_job(job)
+""")
+
+
+def decode_worker_pids() -> list[int]:
+    """This process's decode workers (spawned children, not multiprocessing's tracker)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children(recursive=False):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if "spawn_main" in cmd and "resource_tracker" not in cmd:
+            out.append(child.pid)
+    return out
+
+
+class WorkerKillingModel(BandHeightModel):
+    """SIGKILLs the decode workers (as the OOM killer would) when given its 2nd volume."""
+
+    def __init__(self, settle_s: float = 0.0) -> None:
+        super().__init__()
+        self.calls = 0
+        self.settle_s = settle_s
+        self.killed: list[int] = []
+
+    def screen(self, volume: CTVolume) -> SeriesResult:
+        self.calls += 1
+        if self.calls == 2:
+            time.sleep(self.settle_s)  # long enough for the worker to finish and wait idle
+            for pid in decode_worker_pids():
+                os.kill(pid, signal.SIGKILL)
+                self.killed.append(pid)
+        return super().screen(volume)
+
+
+@pytest.mark.parametrize("when", ["while_decoding", "while_idle"])
+def test_worker_killed_mid_run_is_replaced_and_every_series_finishes(
+        tmp_path: Path, cohort: list[SeriesJob], monkeypatch: pytest.MonkeyPatch,
+        when: str) -> None:
+    from fracture_qi.screening.engine import load_job
+
+    loader = load_job
+    if when == "while_decoding":
+        (tmp_path / "paced_loader.py").write_text(PACED_LOADER)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        import paced_loader  # type: ignore[import-not-found]
+
+        loader = paced_loader.loader
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    good = [j for j in cohort if j.key != "gap"]
+    jobs = make_db(url, good)
+    engine = connect(url)
+    model = WorkerKillingModel(settle_s=1.5 if when == "while_idle" else 0.0)
+    summary = run_screening(_Manifest(tmp_path), engine, model=model, workers=1, progress=False,
+                            jobs=jobs, loader=loader)
+    assert model.killed, "the test did not kill a worker"
+    assert summary.n_ok == len(jobs) and summary.n_error == 0, summary.lines()
+    with session_scope(engine) as s:
+        rows = list(s.scalars(select(Screening)))
+        assert sorted(r.series_id for r in rows) == sorted(j.series_id for j in jobs)
+        assert all(r.status == "ok" for r in rows), [(r.series_id, r.reason) for r in rows]
+        run = s.scalars(select(ScreeningRun)).one()
+        assert run.status == "finished" and run.n_ok == len(jobs)
+    engine.dispose()
+
+
+def test_a_dead_running_run_is_marked_interrupted_when_the_next_run_starts(
+        tmp_path: Path, cohort: list[SeriesJob]) -> None:
+    import datetime as dt
+
+    from fracture_qi.screening.runs import STALE_AFTER_S, host_name
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = make_db(url, cohort[:1])
+    engine = connect(url)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs (a run killed by SIGKILL)
+    now = dt.datetime.now(dt.timezone.utc)
+    old = now - dt.timedelta(seconds=STALE_AFTER_S + 60)
+    rows = {
+        "killed_here": dict(host=host_name(), pid=gone.pid, started_at=now, heartbeat_at=now),
+        "alive_here": dict(host=host_name(), pid=os.getpid(), started_at=now, heartbeat_at=now),
+        "silent_elsewhere": dict(host="other-node", pid=4242, started_at=old, heartbeat_at=old),
+        "beating_elsewhere": dict(host="other-node", pid=4243, started_at=old, heartbeat_at=now),
+    }
+    ids = {}
+    with session_scope(engine) as s:
+        for name, kw in rows.items():
+            run = ScreeningRun(model_id="m", model_version="1", params={}, status="running",
+                               n_ok=3, n_error=0, **kw)
+            s.add(run)
+            s.flush()
+            ids[name] = run.id
+    summary = run_screening(_Manifest(tmp_path), engine, model=BandHeightModel(), workers=0,
+                            progress=False, jobs=jobs)
+    assert sorted(summary.interrupted_runs) == sorted([ids["killed_here"],
+                                                       ids["silent_elsewhere"]])
+    assert any("interrupted" in line for line in summary.lines())
+    with session_scope(engine) as s:
+        status = {name: s.get(ScreeningRun, i).status for name, i in ids.items()}
+        assert status == {"killed_here": "interrupted", "alive_here": "running",
+                          "silent_elsewhere": "interrupted", "beating_elsewhere": "running"}
+        assert s.get(ScreeningRun, ids["silent_elsewhere"]).finished_at is not None
+        this_run = s.get(ScreeningRun, summary.run_id)
+        assert this_run.status == "finished" and this_run.pid == os.getpid()
+        assert this_run.heartbeat_at is not None
+    engine.dispose()

@@ -217,3 +217,43 @@ def test_cli_manifest_check(cohort, capsys):
     assert main(["manifest", "--manifest", str(write(cohort, lease_minutes="lease_minute"))]) == 2
     err = capsys.readouterr().err
     assert "adjudication.lease_minute" in err and "Fix:" in err
+
+
+SECRET_VALUE = "Xq7-s3cr3t-value-9Zp"
+
+
+@pytest.mark.parametrize(
+    "replace,field",
+    [
+        ({"env:FQI_TEST_KEY": SECRET_VALUE}, "pseudonymisation_key"),
+        ({"password: env:PACS_PASSWORD": f"password: {SECRET_VALUE}"},
+         "dicom_sources[1].auth.password"),
+        ({"password: env:PACS_PASSWORD": f"password: env:PACS_PASSWORD, token: {SECRET_VALUE}"},
+         "dicom_sources[1].auth.token"),
+        ({"sqlite:///fracture_qi.db": f"postgresql://fqi:{SECRET_VALUE}@db.trust.nhs.uk/fqi"},
+         "database"),
+        ({"http://127.0.0.1:8042/dicom-web": f"http://fqi:{SECRET_VALUE}@127.0.0.1:8042/dicom-web"},
+         "dicom_sources[1].url"),
+    ],
+)
+def test_a_secret_written_into_the_manifest_is_refused_without_printing_it(
+        cohort, capsys, replace, field):
+    """Issue 21, item 6: the refusal names the key and the fix, never the secret itself."""
+    path = write(cohort, **replace)
+    e = error_of(path)
+    assert e.field.startswith(field), str(e)
+    assert SECRET_VALUE not in str(e) and SECRET_VALUE not in repr(e.value), str(e)
+    assert "Fix:" in str(e)
+    assert main(["manifest", "--manifest", str(path)]) == 2
+    out = capsys.readouterr()
+    assert SECRET_VALUE not in out.err + out.out and field.split("[")[0] in out.err
+
+
+def test_an_fls_database_password_in_the_manifest_is_not_printed(tmp_path):
+    text = ("version: 1\npseudonymisation_key: env:FQI_TEST_KEY\nfls_records:\n"
+            f"  - {{name: fls, kind: sql, url: 'postgresql://fls:{SECRET_VALUE}@fls-db/fls', "
+            "query: 'SELECT 1'}\n")
+    with pytest.raises(ManifestError) as info:
+        read_manifest_text(text, tmp_path)
+    assert info.value.field == "fls_records[0].url" and SECRET_VALUE not in str(info.value)
+    assert "fls:***@fls-db" in str(info.value)

@@ -326,3 +326,85 @@ def test_mrn_links_in_the_issuer_namespace_from_dicom(tmp_path):
         ep = ses.scalar(select(FlsEpisode).where(FlsEpisode.record_id == "9"))
         assert ep.patient_key == patient_key(SECRET, "M777", "MRN:RXH-PAS")
         assert ep.study_id is not None
+
+
+# --------------------------------------------------------------------------------------------
+# an export that cannot be trusted is refused as a whole (issue 21, item 6)
+# --------------------------------------------------------------------------------------------
+def _cli_site(tmp_path, monkeypatch, csv_text: str, extra: str = "") -> list[str]:
+    monkeypatch.delenv("FRACTURE_QI_DATABASE", raising=False)
+    monkeypatch.setenv("FQI_TEST_KEY", SECRET.decode())
+    (tmp_path / "fls.csv").write_text(csv_text)
+    (tmp_path / "data_manifest.yaml").write_text(
+        "version: 1\n"
+        "database: sqlite:///fqi.db\n"
+        "pseudonymisation_key: env:FQI_TEST_KEY\n"
+        "fls_records:\n"
+        f"  - {{name: fls, kind: csv, path: fls.csv{extra}}}\n"
+    )
+    return ["import-fls", "--manifest", str(tmp_path / "data_manifest.yaml")]
+
+
+def _episodes(tmp_path) -> int:
+    eng = connect(f"sqlite:///{tmp_path / 'fqi.db'}")
+    try:
+        with session_scope(eng) as s:
+            return s.scalar(select(func.count(FlsEpisode.id))) or 0
+    finally:
+        eng.dispose()
+
+
+def _csv(rows: list[dict[str, str]]) -> str:
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def test_import_fls_refuses_an_export_over_the_size_limit(tmp_path, capsys, monkeypatch):
+    from fracture_qi.cli.main import main
+    from fracture_qi.outcomes.records import DEFAULT_MAX_EXPORT_MB
+
+    text = _csv([rec(record_id=str(i), nhs_number=NHS_A, referral_date="2025-06-10")
+                 for i in range(40)])
+    argv = _cli_site(tmp_path, monkeypatch, text, ", max_mb: 0.001")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fls.csv" in err and "max_mb" in err and "MB" in err and len(err.splitlines()) == 1
+    assert _episodes(tmp_path) == 0
+    # the default limit holds without a max_mb (a sparse file: nothing is read)
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:
+        f.truncate(int((DEFAULT_MAX_EXPORT_MB + 1) * 1e6))
+    with pytest.raises(ValidationError, match="over the limit"):
+        read_fls_export(kind="csv", path=big)
+
+
+def test_import_fls_refuses_unknown_columns_unless_left_out(tmp_path, capsys, monkeypatch):
+    from fracture_qi.cli.main import main
+
+    rows = [dict(rec(record_id="1", nhs_number=NHS_A, referral_date="2025-06-10"),
+                 favourite_colour="blue")]
+    argv = _cli_site(tmp_path, monkeypatch, _csv(rows))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "favourite_colour" in err and "ignore_columns" in err and len(err.splitlines()) == 1
+    assert _episodes(tmp_path) == 0
+    argv = _cli_site(tmp_path, monkeypatch, _csv(rows), ", ignore_columns: [favourite_colour]")
+    assert main(argv) == 0
+    assert _episodes(tmp_path) == 1
+
+
+def test_import_fls_refuses_nul_bytes(tmp_path, capsys, monkeypatch):
+    from fracture_qi.cli.main import main
+
+    text = _csv([rec(record_id="1", nhs_number=NHS_A, referral_date="2025-06-10"),
+                 rec(record_id="2", nhs_number=NHS_B, referral_date="2025-06-10")])
+    lines = text.splitlines(keepends=True)
+    lines[2] = lines[2].replace(",2025-06-10", ",2025-06-10\x00", 1)
+    argv = _cli_site(tmp_path, monkeypatch, "".join(lines))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "fls.csv line 3" in err and "NUL" in err and len(err.splitlines()) == 1
+    assert _episodes(tmp_path) == 0
+    # the same in a cell read from Excel or SQL (native values, no file bytes to look at)
+    with pytest.raises(ValidationError, match=r"row 2, column nhs_number contains a NUL"):
+        validate_records(pd.DataFrame([rec(record_id="1", nhs_number=NHS_A),
+                                       rec(record_id="2", nhs_number=NHS_B + "\x00")]))

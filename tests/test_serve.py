@@ -14,7 +14,16 @@ import nbformat
 import pytest
 
 from fracture_qi.errors import ConfigError
-from fracture_qi.serve import app_url, check_bind, is_loopback, voila_command
+from fracture_qi.serve import (
+    ENV_TOKEN,
+    app_url,
+    check_bind,
+    display_url,
+    is_loopback,
+    read_token_file,
+    server_env,
+    voila_command,
+)
 from tests.services.voila import http_get, start_voila
 
 SECRET = "secret-marker-7f3a"
@@ -106,6 +115,30 @@ def test_app_url():
     assert app_url("127.0.0.1", 8866, "t") == "http://127.0.0.1:8866/?token=t"
 
 
+def test_token_goes_by_environment_never_command_line_or_printed_url(site, monkeypatch):
+    _, nb = site
+    token = "a-long-enough-random-token-" + uuid.uuid4().hex
+    cmd = voila_command(nb, port=9999, host="0.0.0.0", token=token)
+    assert not any(token in c for c in cmd)
+    assert server_env({"X": "1"}, token)[ENV_TOKEN] == token
+    monkeypatch.setenv(ENV_TOKEN, "inherited-token-not-meant-for-this-server")
+    assert ENV_TOKEN not in server_env({}, None)
+    assert token not in display_url("10.0.0.5", 8866, token)
+
+
+def test_token_file_must_be_private(tmp_path):
+    f = tmp_path / "token"
+    f.write_text("a-long-enough-random-token-1234\n")
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600") as e:
+        read_token_file(f)
+    assert "a-long-enough" not in str(e.value)
+    f.chmod(0o600)
+    assert read_token_file(f) == "a-long-enough-random-token-1234"
+    with pytest.raises(ConfigError, match="cannot read"):
+        read_token_file(tmp_path / "missing")
+
+
 # ------------------------------------------------------------------ a real server
 def listening_addresses(port: int) -> set[str]:
     """Local addresses of sockets LISTENing on *port* (Linux /proc/net/tcp, tcp6)."""
@@ -136,6 +169,17 @@ def test_page_runs_with_env_parameters_and_hides_tracebacks_and_code(server):
     assert "param nurse-x" in page  # parameters reach the kernel through the environment
     assert SECRET not in page and "Traceback" not in page and "RuntimeError" not in page
     assert "os.environ.get" not in page  # strip_sources: no notebook code in the page
+
+
+def test_page_error_text_speaks_to_the_nurse(server):
+    """A failing cell shows what to do, not how to run Voila (issue 21, item 6)."""
+    from fracture_qi.voila_guard import PAGE_ERROR_TEXT
+
+    _, body = http_get(server.host, server.port, "/", timeout=180)
+    page = body.decode(errors="replace")
+    assert "show_tracebacks" not in page and "--debug" not in page
+    assert PAGE_ERROR_TEXT in page
+    assert SECRET not in page
 
 
 def test_execute_request_over_websocket_is_not_executed(server, site):

@@ -174,3 +174,125 @@ def test_postgres_fixture_explains_missing_binaries(monkeypatch):
     monkeypatch.setattr(pg.shutil, "which", lambda name: None)
     with pytest.raises(pg.PostgresUnavailable, match="make system-deps"):
         pg.find_bin_dir()
+
+
+# --------------------------------------------------------------------------------------------
+# append-only against every SQL verb (issue 21 item 3)
+# --------------------------------------------------------------------------------------------
+#: every column of adjudication_events, in table order (the statements below copy rows whole)
+EVENT_COLUMNS = [c.name for c in S.AdjudicationEvent.__table__.columns]
+
+
+def _event_snapshot(engine: sa.Engine) -> list[tuple]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(S.AdjudicationEvent.__table__).order_by(S.AdjudicationEvent.id))]
+
+
+def _rewrites(dialect: str, ev_id: int) -> dict[str, str]:
+    """Hand-written statements that would rewrite or remove event *ev_id*, per dialect."""
+    cols = ", ".join(EVENT_COLUMNS)
+    # the same row with another reviewer and decision (what an attacker would write)
+    forged = ", ".join(
+        "'someone.else'" if c == "reviewer" else "'not_confirmed'" if c == "decision" else c
+        for c in EVENT_COLUMNS)
+    # a new id and event_uid but the same study and first read: collides on the partial index
+    twin = ", ".join(
+        "id + 1000" if c == "id" else "event_uid || '-x'" if c == "event_uid"
+        else "'not_confirmed'" if c == "decision" else c for c in EVENT_COLUMNS)
+    src = f"FROM adjudication_events WHERE id = {ev_id}"
+    stmts = {
+        "update": f"UPDATE adjudication_events SET decision = 'not_confirmed' WHERE id = {ev_id}",
+        "delete": f"DELETE FROM adjudication_events WHERE id = {ev_id}",
+    }
+    if dialect == "sqlite":
+        stmts.update({
+            "insert_or_replace": f"INSERT OR REPLACE INTO adjudication_events ({cols}) "
+                                 f"SELECT {forged} {src}",
+            "replace": f"REPLACE INTO adjudication_events ({cols}) SELECT {forged} {src}",
+            "replace_by_first_read": f"REPLACE INTO adjudication_events ({cols}) "
+                                     f"SELECT {twin} {src}",
+            "on_conflict_do_update": f"INSERT INTO adjudication_events ({cols}) "
+                                     f"SELECT {forged} {src} ON CONFLICT(id) DO "
+                                     "UPDATE SET decision = excluded.decision, "
+                                     "reviewer = excluded.reviewer",
+            "on_conflict_uid_do_update": f"INSERT INTO adjudication_events ({cols}) "
+                                         f"SELECT {twin} {src} ON CONFLICT(event_uid) "
+                                         "DO UPDATE SET decision = excluded.decision",
+        })
+    else:
+        stmts.update({
+            "on_conflict_do_update": f"INSERT INTO adjudication_events ({cols}) "
+                                     f"SELECT {forged} {src} ON CONFLICT (id) DO UPDATE SET "
+                                     "decision = EXCLUDED.decision, reviewer = EXCLUDED.reviewer",
+            "on_conflict_uid_do_update": f"INSERT INTO adjudication_events ({cols}) "
+                                         f"SELECT {forged.replace('id, ', 'id + 1000, ', 1)} "
+                                         f"{src} ON CONFLICT (event_uid) DO UPDATE SET "
+                                         "decision = EXCLUDED.decision",
+            "merge": f"MERGE INTO adjudication_events t USING (SELECT {ev_id} AS id) s "
+                     "ON t.id = s.id WHEN MATCHED THEN UPDATE SET decision = 'not_confirmed'",
+            "merge_delete": f"MERGE INTO adjudication_events t USING (SELECT {ev_id} AS id) s "
+                            "ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "truncate": "TRUNCATE adjudication_events CASCADE",
+        })
+    return stmts
+
+
+def _assert_no_verb_rewrites_a_decision(engine: sa.Engine) -> None:
+    ev_id = _event_rows(engine)
+    before = _event_snapshot(engine)
+    for name, stmt in _rewrites(engine.dialect.name, ev_id).items():
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(stmt)
+        except DBAPIError as e:
+            assert "append-only" in str(e.orig), (name, str(e.orig))
+        else:
+            pytest.fail(f"{name} was accepted: {stmt}")
+        assert _event_snapshot(engine) == before, f"{name} changed the events"
+    # ordinary appends still work: a new event, and a correction that supersedes
+    with session_scope(engine) as s:
+        first = s.get(S.AdjudicationEvent, ev_id)
+        s.add(S.AdjudicationEvent(
+            event_uid=str(uuid.uuid4()), study_id=first.study_id, reviewer="nurse1",
+            app_version="0.1", decision="no_fracture", supersedes_id=ev_id))
+    assert len(_event_snapshot(engine)) == len(before) + 1
+
+
+def test_sqlite_append_only_against_replace_and_upsert(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    _assert_no_verb_rewrites_a_decision(engine)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_append_only_against_upsert_merge_and_truncate(fresh_postgres_url):
+    engine = open_store(fresh_postgres_url)
+    _assert_no_verb_rewrites_a_decision(engine)
+    engine.dispose()
+
+
+# --------------------------------------------------------------------------------------------
+# a zero-byte database file is refused, not silently re-created (issue 21, item 6)
+# --------------------------------------------------------------------------------------------
+def test_zero_byte_database_file_is_refused_not_recreated(tmp_path):
+    import os
+    import time
+
+    db = tmp_path / "fqi.db"
+    db.write_bytes(b"")
+    old = time.time() - 3600  # truncated an hour ago (a file being created is younger)
+    os.utime(db, (old, old))
+    with pytest.raises(StoreError, match="empty \\(0 bytes\\).*restore it from the last backup"):
+        open_store(f"sqlite:///{db}")
+    assert db.stat().st_size == 0  # nothing was created in its place
+    (tmp_path / "data_manifest.yaml").write_text(
+        "version: 1\nsynthetic: true\ndatabase: sqlite:///fqi.db\n"
+        "pseudonymisation_key: env:FRACTURE_QI_KEY\n")
+    r = subprocess.run([sys.executable, "-m", "fracture_qi", "worklist", "--manifest",
+                        str(tmp_path / "data_manifest.yaml")],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "0 bytes" in r.stderr and db.stat().st_size == 0
+    # a new site (no file yet) still starts
+    assert current_revision(open_store(f"sqlite:///{tmp_path / 'new.db'}")) == head_revision()

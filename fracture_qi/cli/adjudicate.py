@@ -6,14 +6,18 @@ import argparse
 import os
 from pathlib import Path
 
+from fracture_qi.serve import add_server_arguments
+
 DESCRIPTION = """\
 Serve the adjudication app with Voila: the nurse works through her worklist (AI-flagged
 studies, the audit sample of AI-negatives, blind second reads), views the curved sagittal
 reformat, axial slices and the AI overlay, and records a decision for each case. Decisions are
 append-only events with her reviewer ID, the UTC time and the app version.
 
-Safe defaults: binds 127.0.0.1 (another host needs --token), tracebacks never reach the
-browser, notebook code is not sent to the browser, idle kernels are shut down. Run
+Safe defaults: binds 127.0.0.1 (another host needs a token: --token-file or
+$FRACTURE_QI_TOKEN, never shown in the process list or the log), tracebacks never reach the
+browser, notebook code is not sent to the browser, at most --max-kernels pages are open at
+once and idle kernels are shut down. Run
 `fracture-qi worklist` first to build the worklist."""
 
 EPILOG = """\
@@ -21,7 +25,7 @@ examples:
   fracture-qi adjudicate --manifest demo-output/cohort/data_manifest.yaml --reviewer nurse.a
   fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --port 8870 --audit 2026-q3
   fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --host 10.0.0.5 \\
-      --token "$(python -c 'import secrets;print(secrets.token_urlsafe(32))')"
+      --token-file /etc/fracture-qi/token        # the token on one line, chmod 600
 
 Each nurse runs her own server (her --reviewer is fixed for it) or the trust's reverse proxy
 sets it. In JupyterLab, open fracture_qi/notebooks/adjudicate.ipynb, set the parameters cell
@@ -41,10 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
                    help="the nurse's ID (login), recorded on every decision")
     p.add_argument("--audit", default="default", help="worklist name (default: default)")
     p.add_argument("--port", type=int, default=None, help="port (default 8866)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; any other needs --token)")
-    p.add_argument("--token", default=os.environ.get("FRACTURE_QI_TOKEN"),
-                   help="access token the browser must present (default: $FRACTURE_QI_TOKEN)")
+    add_server_arguments(p)
     p.add_argument("--open", action="store_true", help="open the app in a local browser")
     p.set_defaults(func=run)
 
@@ -57,10 +58,18 @@ def notebook_path() -> Path:
 def run(args: argparse.Namespace) -> int:
     from fracture_qi.errors import ConfigError
     from fracture_qi.manifest import read_manifest
-    from fracture_qi.serve import ENV_AUDIT, ENV_MANIFEST, ENV_REVIEWER, check_bind, serve_notebook
+    from fracture_qi.serve import (
+        ENV_AUDIT,
+        ENV_MANIFEST,
+        ENV_REVIEWER,
+        check_bind,
+        serve_notebook,
+        token_from_args,
+    )
     from fracture_qi.store import open_store
 
-    check_bind(args.host, args.token)  # refuse an unsafe bind before any work
+    token = token_from_args(args)
+    check_bind(args.host, token)  # refuse an unsafe bind before any work
     if not args.manifest:
         raise ConfigError(
             "no manifest given. Fix: fracture-qi adjudicate --manifest path/to/data_manifest.yaml "
@@ -73,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
     engine = open_store(read_manifest(manifest_path, verify=False))
     engine.dispose()
     env = {ENV_MANIFEST: str(manifest_path), ENV_REVIEWER: reviewer, ENV_AUDIT: args.audit}
-    return serve_notebook(notebook_path(), port=args.port, host=args.host, token=args.token,
-                          env=env, open_browser=args.open)
+    return serve_notebook(notebook_path(), port=args.port, host=args.host, token=token,
+                          env=env, open_browser=args.open, max_kernels=args.max_kernels)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from fracture_qi.serve import add_server_arguments
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -16,7 +18,8 @@ time to therapy, breakdowns, CSV/PNG downloads) as a Voila web app.
 
 Everything shown is aggregate and suppressed for publication (counts 1-7 as *, others
 rounded to 5) unless --internal is given. The server binds 127.0.0.1 unless --host is given
-with a --token; tracebacks never reach the browser; idle kernels are shut down.
+with a token (--token-file or $FRACTURE_QI_TOKEN); tracebacks never reach the browser; at most
+--max-kernels pages are open at once; idle kernels are shut down.
 Before serving, the database is read once into an aggregate cube cached under the manifest's
 reports folder (.cache/), so the page opens quickly even with 500,000 studies.
 """
@@ -25,7 +28,7 @@ EPILOG = """\
 examples:
   fracture-qi dashboard --manifest demo-output/data_manifest.yaml
   fracture-qi dashboard --manifest site.yaml --port 8870 --change-date 2025-04-01
-  fracture-qi dashboard --manifest site.yaml --host 10.0.0.5 --token "$(openssl rand -hex 16)"
+  fracture-qi dashboard --manifest site.yaml --host 10.0.0.5 --token-file /etc/fracture-qi/token
 
 exit status: 0 when stopped with Ctrl-C; 2 when the manifest or database cannot be used or
 the bind is unsafe.
@@ -39,9 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     p.add_argument("--manifest", required=True, type=Path, help="the site's data_manifest.yaml")
     p.add_argument("--port", type=int, default=None, help="port (default 8866)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; any other needs --token)")
-    p.add_argument("--token", default=None, help="access token the browser must present")
+    add_server_arguments(p)
     p.add_argument("--internal", action="store_true",
                    help="show exact counts (nurse-facing; never for publication)")
     p.add_argument("--change-date", default="",
@@ -61,9 +62,16 @@ def run(args: argparse.Namespace) -> int:
     import datetime as dt
 
     from fracture_qi.errors import ConfigError
-    from fracture_qi.serve import ENV_MANIFEST, PREHEAT_ARGS, check_bind, serve_notebook
+    from fracture_qi.serve import (
+        ENV_MANIFEST,
+        PREHEAT_ARGS,
+        check_bind,
+        serve_notebook,
+        token_from_args,
+    )
 
-    check_bind(args.host, args.token)  # refuse an unsafe bind before any work
+    token = token_from_args(args)
+    check_bind(args.host, token)  # refuse an unsafe bind before any work
     if args.change_date:
         try:
             dt.date.fromisoformat(args.change_date)
@@ -85,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
         "FRACTURE_QI_DASHBOARD_MODE": mode,
         "FRACTURE_QI_CHANGE_DATE": args.change_date,
     }
-    return serve_notebook(notebook, port=args.port, host=args.host, token=args.token, env=env,
-                          open_browser=args.open,
+    return serve_notebook(notebook, port=args.port, host=args.host, token=token, env=env,
+                          open_browser=args.open, max_kernels=args.max_kernels,
                           extra_args=PREHEAT_ARGS if args.preheat else ())

@@ -82,6 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FractureQIError as e:
         print(f"fracture-qi {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        # a database that fails mid-command (a damaged page, the server gone) is one line too
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(e, DBAPIError):
+            raise
+        from fracture_qi.store.db import database_error
+
+        err = database_error(e)
+        print(f"fracture-qi {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"fracture-qi {args.command}: interrupted", file=sys.stderr)
         return 130

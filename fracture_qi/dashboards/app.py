@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from fracture_qi.csvsafe import frame_to_csv
 from fracture_qi.dashboards import views as V
 from fracture_qi.dashboards.cube import DIMENSIONS, Cube, cube_from_engine
 from fracture_qi.errors import ConfigError
@@ -82,12 +83,11 @@ class DashboardView:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
             filt = pd.DataFrame([{"filter": k, "value": str(v)} for k, v in self.filters.items()])
-            z.writestr("filters.csv", filt.to_csv(index=False, lineterminator="\n"))
+            z.writestr("filters.csv", frame_to_csv(filt))
             tile_df = pd.DataFrame([{"tile": k, "value": v} for k, v in self.tiles.items()])
-            z.writestr("tiles.csv", tile_df.to_csv(index=False, lineterminator="\n"))
+            z.writestr("tiles.csv", frame_to_csv(tile_df))
             for name, df in self.tables().items():
-                z.writestr(f"{name}.csv", df.to_csv(index=False, lineterminator="\n",
-                                                    float_format="%.4f"))
+                z.writestr(f"{name}.csv", frame_to_csv(df, float_format="%.4f"))
         return buf.getvalue()
 
     def png_zip(self) -> bytes:

@@ -88,6 +88,9 @@ class ReasonCode(str, Enum):
     """Retrieval from the PACS failed after the configured retries."""
     TIMEOUT = "TIMEOUT"
     """The series took longer than the configured per-series limit."""
+    WORKER_DIED = "WORKER_DIED"
+    """The decode worker process died while loading this series, twice (killed by the
+    out-of-memory killer or a signal); the worker was replaced and the batch went on."""
     NO_MODEL_RESULT = "NO_MODEL_RESULT"
     """The imported vendor results hold no row for this study."""
 

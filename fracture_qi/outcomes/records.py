@@ -10,11 +10,18 @@ record. :func:`date_problems` then reports dates that cannot all be true togethe
 
 Identifiers: ``nhs_number`` and ``mrn`` are read only to compute the pseudonymous patient
 key (see :mod:`fracture_qi.outcomes.linkage`); messages mask them to the last 3 characters.
+
+An export is refused as a whole (with the file, the column or row, and the fix) when it is
+larger than :data:`DEFAULT_MAX_EXPORT_MB` (or the source's ``max_mb``), holds a NUL byte (a
+UTF-16 or damaged file), or has a column the schema does not know: a column is mapped
+(``columns:``) or explicitly left out (``ignore_columns:``) in the manifest, never ignored
+silently.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import math
 import os
@@ -30,6 +37,11 @@ from fracture_qi.errors import ConfigError, ValidationError
 from fracture_qi.pseudonym import nhs_number_is_valid, normalise_identifier
 
 logger = logging.getLogger(__name__)
+
+#: largest FLS export file (CSV or .xlsx, MB) read unless the source sets ``max_mb``. Reading
+#: costs about 45x the file in memory (a 50 MB CSV took 2.2 GB, issue 21); an FLS export of
+#: a large trust over several years (50,000 records of ~300 bytes) is about 15 MB.
+DEFAULT_MAX_EXPORT_MB = 25.0
 
 FieldType = Literal["str", "nhs", "bool", "date", "float", "category"]
 
@@ -368,6 +380,19 @@ def _parse(spec: FieldSpec, v: Any) -> tuple[Any, tuple[str, str] | None]:
     raise AssertionError(spec.type)  # pragma: no cover - the schema is closed
 
 
+def _nul_cells(raw: pd.DataFrame) -> list[tuple[int, str]]:
+    """(row, column) of every text cell (or header) holding a NUL character, rows from 1."""
+    out = [(0, str(c)) for c in raw.columns if "\x00" in str(c)]
+    for col in raw.columns:
+        values = raw[col]
+        if not (pd.api.types.is_object_dtype(values.dtype)
+                or pd.api.types.is_string_dtype(values.dtype)):
+            continue
+        hit = values.map(lambda v: isinstance(v, str) and "\x00" in v)
+        out += [(int(i) + 1, str(col)) for i in hit.to_numpy().nonzero()[0]]
+    return out
+
+
 def validate_records(raw: pd.DataFrame, *, source: str = "fls") -> ValidatedRecords:
     """Check an FLS export against :data:`FLS_SCHEMA` and type its columns.
 
@@ -387,8 +412,9 @@ def validate_records(raw: pd.DataFrame, *, source: str = "fls") -> ValidatedReco
     Raises
     ------
     ValidationError
-        When the export cannot be used at all: a required column is missing, or neither
-        ``nhs_number`` nor ``mrn`` is present. The message lists the columns found.
+        When the export cannot be used at all: a required column is missing, neither
+        ``nhs_number`` nor ``mrn`` is present, a column is not in the schema, or a cell holds
+        a NUL character. The message names the column (and row) and the fix.
 
     Examples
     --------
@@ -398,6 +424,14 @@ def validate_records(raw: pd.DataFrame, *, source: str = "fls") -> ValidatedReco
     >>> v.problems[0].line()
     "row 1 (record_id 1), column referral_date, value '2025-02-30': no such calendar date. Fix: correct the day or month"
     """
+    nul_cells = _nul_cells(raw)
+    if nul_cells:
+        raise ValidationError(
+            [f"row {r}, column {c} contains a NUL character. Fix: correct the cell in the FLS "
+             "system and export again (a NUL usually means a damaged export)"
+             for r, c in nul_cells[:10]],
+            source=source,
+        )
     rename: dict[str, str] = {}
     unknown: list[str] = []
     for col in raw.columns:
@@ -422,13 +456,17 @@ def validate_records(raw: pd.DataFrame, *, source: str = "fls") -> ValidatedReco
             "neither nhs_number nor mrn is present, so no record can be linked to a patient. "
             "Fix: include the NHS number (preferred) or the hospital number (mrn)"
         )
+    for col in unknown:
+        fatal.append(
+            f"column {col!r} is not in the FLS schema. Fix: map it to a schema column under "
+            f"fls_records ({source}) columns:, list it under ignore_columns: to leave it out, "
+            "or remove it from the export (schema: docs/measures.md, FLS records)"
+        )
     if fatal:
         raise ValidationError(fatal, source=source)
     missing = [f.name for f in FLS_SCHEMA if f.name not in df.columns]
     if missing:
         logger.warning("%s: columns not in the export, treated as blank: %s", source, missing)
-    if unknown:
-        logger.info("%s: columns not in the FLS schema, ignored: %s", source, unknown)
 
     problems: list[RecordProblem] = []
     out: dict[str, list[Any]] = {f.name: [] for f in FLS_SCHEMA}
@@ -673,7 +711,8 @@ def read_source(entry: Any, *, base: Path | None = None) -> pd.DataFrame:
     entry
         A :class:`fracture_qi.manifest.CsvRecords`, ``ExcelRecords`` or ``SqlRecords`` (any
         object with ``name``, ``kind`` and the matching ``path``/``url``/``query``/``sheet``/
-        ``delimiter``/``encoding``, and optionally ``columns``: site name -> schema name).
+        ``delimiter``/``encoding``, and optionally ``columns``: site name -> schema name,
+        ``ignore_columns``: export columns to leave out, ``max_mb``: size limit).
     base
         Folder for a relative path (the manifest's folder).
 
@@ -698,7 +737,13 @@ def read_source(entry: Any, *, base: Path | None = None) -> pd.DataFrame:
         name=entry.name,
         delimiter=getattr(entry, "delimiter", ","),
         encoding=getattr(entry, "encoding", "utf-8"),
+        max_mb=getattr(entry, "max_mb", None) or DEFAULT_MAX_EXPORT_MB,
     )
+    ignored = [c for c in (getattr(entry, "ignore_columns", None) or []) if c in raw.columns]
+    if ignored:
+        logger.info("%s: columns left out as the manifest says (ignore_columns): %s",
+                    entry.name, ignored)
+        raw = raw.drop(columns=ignored)
     mapping = dict(getattr(entry, "columns", {}) or {})
     absent = [c for c in mapping if c not in raw.columns]
     if absent:
@@ -713,6 +758,31 @@ def read_source(entry: Any, *, base: Path | None = None) -> pd.DataFrame:
     return raw.rename(columns=mapping)
 
 
+def _check_size(path: Path, name: str, max_mb: float) -> None:
+    try:
+        size_mb = path.stat().st_size / 1e6
+    except OSError:
+        return  # the reader names the missing file
+    if size_mb > max_mb:
+        raise ValidationError(
+            [f"{path} is {size_mb:.1f} MB, over the limit of {max_mb:g} MB for an FLS export "
+             f"(reading takes about 45x the file in memory). Fix: export a shorter period, or "
+             f"raise fls_records ({name}) max_mb in the manifest if the machine has the memory"],
+            source=name,
+        )
+
+
+def _check_no_nul(data: bytes, path: Path, name: str) -> None:
+    at = data.find(b"\x00")
+    if at >= 0:
+        line = data.count(b"\n", 0, at) + 1
+        raise ValidationError(
+            [f"{path} line {line} contains a NUL byte. Fix: export the FLS records again as "
+             "UTF-8 CSV (a NUL byte means a UTF-16 file or a damaged export)"],
+            source=name,
+        )
+
+
 def read_fls_export(
     *,
     kind: str,
@@ -723,6 +793,7 @@ def read_fls_export(
     name: str = "fls",
     delimiter: str = ",",
     encoding: str = "utf-8",
+    max_mb: float = DEFAULT_MAX_EXPORT_MB,
 ) -> pd.DataFrame:
     """Read an FLS export as raw cells (no typing yet: see :func:`validate_records`).
 
@@ -741,6 +812,8 @@ def read_fls_export(
         Source name, for messages.
     delimiter, encoding
         CSV dialect (a byte-order mark is ignored for UTF-8).
+    max_mb
+        Largest file (CSV or Excel) read, in MB (:data:`DEFAULT_MAX_EXPORT_MB`).
 
     Returns
     -------
@@ -750,16 +823,22 @@ def read_fls_export(
     Raises
     ------
     ValidationError
-        When the file cannot be read or parsed (named, with the fix).
+        When the file cannot be read or parsed, is over *max_mb*, or a CSV holds a NUL byte
+        (named, with the line and the fix).
     ConfigError
         When an ``env:`` URL variable is unset.
     """
+    if kind in ("csv", "excel") and path is not None:
+        _check_size(Path(path), name, max_mb)
     if kind == "csv":
         if path is None:
             raise ValidationError([f"fls_records {name}: kind csv needs a path"], source=name)
         try:
+            data = Path(path).read_bytes()
+            _check_no_nul(data, Path(path), name)
             enc = "utf-8-sig" if encoding.lower().replace("_", "-") == "utf-8" else encoding
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding=enc, sep=delimiter)
+            return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, encoding=enc,
+                               sep=delimiter)
         except (OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
             raise ValidationError(
                 [

@@ -3,7 +3,7 @@
 Tables must come out byte-identical when a run is repeated on the same inputs, so that
 ``fracture-qi audit --verify`` can compare them with ``==``: rows are put in a stable order,
 floats get a fixed format, line endings are ``\\n``, and no timestamp is ever written into a
-table.
+table. Text that a spreadsheet would run as a formula is escaped (:mod:`fracture_qi.csvsafe`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fracture_qi.csvsafe import write_frame
 from fracture_qi.errors import ReportError
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def stable_table(df: pd.DataFrame, sort_by: Sequence[str] | None = None) -> pd.D
 def write_table(
     df: pd.DataFrame, path: str | Path, *, sort_by: Sequence[str] | None = None
 ) -> Path:
-    """Write *df* as a byte-stable CSV.
+    """Write *df* as a byte-stable CSV (formula-like text escaped, see :mod:`fracture_qi.csvsafe`).
 
     Parameters
     ----------
@@ -80,12 +81,9 @@ def write_table(
     >>> p.read_text()
     'x\\n0.1000\\n2.0000\\n'
     """
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     table = stable_table(df, sort_by)
-    text = table.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n", na_rep="")
-    p.write_bytes(text.encode("utf-8"))
-    return p
+    return write_frame(table, path, index=False, float_format=FLOAT_FORMAT,
+                       lineterminator="\n", na_rep="")
 
 
 def notebook_to_html(notebook: str | Path, html: str | Path, *, title: str | None = None) -> Path:

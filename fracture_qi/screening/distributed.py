@@ -1,7 +1,7 @@
 """Scale-out: map series over a Dask distributed cluster (``--dask ADDRESS`` or ``--dask local``).
 
 Each task loads and screens one series on a worker and returns a picklable
-:class:`~fracture_qi.screening.engine.SeriesOutcome` (the result and the key image, never
+:class:`~fracture_qi.screening.jobs.SeriesOutcome` (the result and the key image, never
 the volume). The client writes results as tasks complete, exactly as the local engine does,
 so resumability holds: a killed client leaves every finished series in the database, and
 the next run selects only the rest.
@@ -24,18 +24,11 @@ from fracture_qi._optional import import_optional
 from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ScreeningError
-from fracture_qi.screening.engine import (
-    SeriesJob,
-    SeriesOutcome,
-    _attach,
-    _decode,
-    _Failed,
-    _failed_outcome,
-    _screen_batch,
-    default_workers,
-    load_job,
-)
+from fracture_qi.screening.batch import screen_batch
+from fracture_qi.screening.decode import DecodeFailure, attach, decode, load_job
+from fracture_qi.screening.jobs import SeriesJob, SeriesOutcome, failed_outcome
 from fracture_qi.screening.models import ModelSpec, load_model, spec_of
+from fracture_qi.screening.pool import default_workers
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +65,12 @@ def screen_one(
         res = model.result_for(job.study_instance_uid, job.series_instance_uid)
         res.seconds = round(time.perf_counter() - t0, 4)
         return SeriesOutcome(job, res, decode_seconds=0.0, screen_seconds=res.seconds)
-    d = _decode(job, loader, to_shm=False)
-    if isinstance(d, _Failed):
-        return _failed_outcome(job, d)
-    ready = _attach(job, d)
+    d = decode(job, loader, to_shm=False)
+    if isinstance(d, DecodeFailure):
+        return d.outcome(job)
+    ready = attach(job, d)
     try:
-        ((res, secs),) = _screen_batch(model, [ready])
+        ((res, secs),) = screen_batch(model, [ready])
     finally:
         ready.release()
     res.seconds = round(d.seconds + secs, 4)
@@ -108,7 +101,8 @@ def screen_with_dask(
         ``"local"`` starts a LocalCluster of *workers* processes (one thread each) on this
         machine; anything else is a scheduler address (``tcp://host:8786``).
     workers
-        Workers of the local cluster (default :func:`~fracture_qi.screening.engine.default_workers`).
+        Workers of the local cluster (default
+        :func:`~fracture_qi.screening.pool.default_workers`).
     progress
         Show a tqdm progress bar.
     loader
@@ -164,9 +158,8 @@ def screen_with_dask(
                 outcome = fut.result()
             except Exception as e:  # noqa: BLE001  a task that died (worker lost...)
                 log.error("dask task for series %s failed: %s", job.key, e)
-                outcome = _failed_outcome(job, _Failed(
-                    str(ReasonCode.SCREEN_FAILED), f"dask task failed: {type(e).__name__}: {e}",
-                    0.0, None))
+                outcome = failed_outcome(job, ReasonCode.SCREEN_FAILED,
+                                         f"dask task failed: {type(e).__name__}: {e}")
             finally:
                 fut.release()
             bar.update(1)

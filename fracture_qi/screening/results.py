@@ -14,7 +14,6 @@ headers).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
@@ -28,6 +27,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from fracture_qi.csvsafe import DictWriter
 from fracture_qi.dicom.reasons import EXCLUSIONS, ReasonCode
 from fracture_qi.errors import StoreError
 from fracture_qi.screening.types import SeriesResult
@@ -183,13 +183,13 @@ def start_run(
     host: str,
     code_version: str,
 ) -> int:
-    """Insert the ScreeningRun row of this invocation; return its id."""
+    """Insert the ScreeningRun row of this invocation (with this process's id); return its id."""
     with session_scope(engine) as s:
         run = ScreeningRun(
             model_id=str(model.model_id)[:100], model_version=str(model.model_version)[:50],
             model_sha256=getattr(model, "sha256", None), params=jsonable(params),
             device=(device or None) and str(device)[:32], host=host, code_version=code_version,
-            status="running", n_ok=0, n_error=0,
+            status="running", n_ok=0, n_error=0, pid=os.getpid(), heartbeat_at=utcnow(),
         )
         s.add(run)
         s.flush()
@@ -277,6 +277,7 @@ class DatabaseSink:
                         run.n_ok = (run.n_ok or 0) + 1
                     else:
                         run.n_error = (run.n_error or 0) + 1
+                    run.heartbeat_at = utcnow()
         except IntegrityError as e:
             if self._exists(int(job.series_id)):
                 log.info("series %s already screened by %s %s; kept the existing row",
@@ -306,7 +307,8 @@ class _CsvFile:
         tmp = path.with_name(path.name + ".partial")
         self._tmp = tmp
         self._f = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115  (closed by close())
-        self._w = csv.DictWriter(self._f, fieldnames=list(columns))
+        # the suite's one CSV writer: a folder or header text cannot become a formula
+        self._w = DictWriter(self._f, fieldnames=list(columns))
         self._w.writeheader()
         self.n = 0
 

@@ -15,6 +15,10 @@ from fracture_qi.errors import StoreError
 
 #: how long a SQLite writer waits for the lock before giving up (milliseconds)
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: a zero-byte SQLite file younger than this (seconds) is one a process is creating right
+#: now (SQLite creates the file, then writes its header within milliseconds); an older one
+#: was truncated or replaced and is refused, never silently re-created as an empty database
+EMPTY_FILE_GRACE_S = 10.0
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -50,6 +54,59 @@ def normalise_url(url: str, base: Path | None = None) -> str:
     return u.render_as_string(hide_password=False)
 
 
+def check_not_emptied(path: Path) -> None:
+    """Refuse a SQLite database file that exists but is empty (0 bytes).
+
+    SQLite would treat it as a new database, and the suite would migrate it: the nurse would
+    see "no cases left" while the decisions are gone. A missing file is fine (a new site).
+
+    Raises
+    ------
+    StoreError
+        When *path* is a zero-byte file older than :data:`EMPTY_FILE_GRACE_S`.
+    """
+    import time
+
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    if st.st_size == 0 and time.time() - st.st_mtime > EMPTY_FILE_GRACE_S:
+        raise StoreError(
+            f"database file {path} is empty (0 bytes): it was truncated or replaced, and "
+            "fracture-qi will not start an empty database in its place. Fix: restore it from "
+            "the last backup (docs/security.md); to start a new site on purpose, delete the "
+            "empty file first"
+        )
+
+
+def database_error(e: BaseException, url: str | None = None) -> StoreError:
+    """A one-line :class:`StoreError` for a database driver error, with what to do.
+
+    Examples
+    --------
+    >>> import sqlite3
+    >>> from sqlalchemy.exc import DatabaseError
+    >>> err = DatabaseError("PRAGMA x", None, sqlite3.DatabaseError("file is not a database"))
+    >>> print(str(database_error(err, "sqlite:////srv/fqi.db")).split(". Fix:")[0])
+    database sqlite:////srv/fqi.db cannot be read: file is not a database
+    """
+    orig = getattr(e, "orig", None) or e
+    first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    where = f"database {url}" if url else "the database"
+    low = first.lower()
+    if any(w in low for w in ("not a database", "malformed", "corrupt", "disk image")):
+        fix = ("the file is damaged or is not a fracture-qi database: restore it from the last "
+               "backup (docs/security.md), or point the manifest's database at the right file")
+    elif any(w in low for w in ("locked", "busy")):
+        fix = "another program holds the database: wait and retry, or stop it"
+    elif any(w in low for w in ("unable to open", "permission", "read-only", "readonly")):
+        fix = "check the file or server exists and this user may read and write it"
+    else:
+        fix = "check the URL, that the server is up and this user may use the database"
+    return StoreError(f"{where} cannot be read: {first}. Fix: {fix}")
+
+
 def connect(url: str, *, base: Path | None = None, echo: bool = False) -> Engine:
     """Create an engine with the suite's safety settings.
 
@@ -60,6 +117,7 @@ def connect(url: str, *, base: Path | None = None, echo: bool = False) -> Engine
     u = make_url(full)
     if u.drivername.startswith("sqlite"):
         if u.database and u.database != ":memory:":
+            check_not_emptied(Path(u.database))
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             full,

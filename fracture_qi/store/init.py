@@ -26,9 +26,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from fracture_qi.errors import StoreError
-from fracture_qi.store.db import connect
+from fracture_qi.store.db import connect, database_error
 from fracture_qi.store.schema import Base
 
 log = logging.getLogger(__name__)
@@ -117,9 +118,12 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
             after = MigrationContext.configure(conn).get_current_revision()
     except StoreError:
         raise
+    except DBAPIError as e:
+        raise database_error(e, _safe_url(engine)) from e
     except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
         raise StoreError(
-            f"could not migrate database {_safe_url(engine)}: {e.__class__.__name__}: {e}. "
+            f"could not migrate database {_safe_url(engine)}: {e.__class__.__name__}: {first}. "
             "Fix: check the URL, that the server is up and the user may create tables"
         ) from e
     return after or ""
@@ -181,7 +185,10 @@ def open_store(
     if migrate:
         upgrade(engine)
     else:
-        current = current_revision(engine)
+        try:
+            current = current_revision(engine)
+        except DBAPIError as e:
+            raise database_error(e, _safe_url(engine)) from e
         if current is not None and current not in known_revisions():
             raise StoreError(
                 f"database {_safe_url(engine)} is at schema revision {current}, unknown to this "

@@ -5,8 +5,9 @@ Identifiers a nurse needs to act (name, NHS number, MRN, birth date) live only i
 scanned for identifiers before it leaves the building.
 
 ``adjudication_events`` is append-only: corrections are new rows that point at the row
-they supersede, and the database itself refuses UPDATE and DELETE (triggers created in
-the migrations, see :mod:`fracture_qi.store.migrations`).
+they supersede, and the database itself refuses UPDATE, DELETE, TRUNCATE and any insert that
+would replace an existing event (SQLite ``REPLACE``, upserts): triggers created in the
+migrations, see :mod:`fracture_qi.store.migrations`.
 """
 
 from __future__ import annotations
@@ -167,9 +168,13 @@ class ScreeningRun(Base):
     code_version: Mapped[str | None] = mapped_column(String(64))
     started_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTC)
+    # running | finished | interrupted (Ctrl-C, or found dead by a later run) | failed
     status: Mapped[str] = mapped_column(String(16), default="running")
     n_ok: Mapped[int] = mapped_column(Integer, default=0)
     n_error: Mapped[int] = mapped_column(Integer, default=0)
+    # liveness: the process id on ``host`` and the last time the run said it was working
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTC)
 
 
 class Screening(Base):

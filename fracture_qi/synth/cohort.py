@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fracture_qi.csvsafe import write_frame
 from fracture_qi.dicom.scan import MAX_SLICE_MM
 from fracture_qi.errors import FractureQIError
 from fracture_qi.synth import priors
@@ -854,10 +855,10 @@ def generate_cohort(
 
     records, problems = make_fls_records(tables["patients"], first, seed, EXTRACT_DATE)
     for name, df in tables.items():
-        df.to_csv(truth_dir / f"{name}.csv", index=False, lineterminator="\n")
-    problems.to_csv(truth_dir / "fls_problems.csv", index=False, lineterminator="\n")
+        write_frame(df, truth_dir / f"{name}.csv")
+    write_frame(problems, truth_dir / "fls_problems.csv")
     fls_path = out / "fls_records.csv"
-    records.to_csv(fls_path, index=False, lineterminator="\n")
+    write_frame(records, fls_path)
     manifest = out / "data_manifest.yaml"
     manifest.write_text(MANIFEST_TEMPLATE.format(seed=seed, sha256=sha256_file(fls_path)))
     n_files = int(tables["series"]["n_files"].sum()) if not truth_only else 0

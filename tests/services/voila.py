@@ -36,6 +36,7 @@ from typing import Any
 from fracture_qi.serve import (
     DEFAULT_CULL_IDLE_TIMEOUT_S,
     DEFAULT_CULL_INTERVAL_S,
+    DEFAULT_MAX_KERNELS,
     free_port,
     start_notebook_server,
 )
@@ -125,6 +126,7 @@ def start_voila(
     token: str | None = None,
     cull_idle_timeout: int = DEFAULT_CULL_IDLE_TIMEOUT_S,
     cull_interval: int = DEFAULT_CULL_INTERVAL_S,
+    max_kernels: int = DEFAULT_MAX_KERNELS,
     file_allowlist: Sequence[str] = (),
     extra_args: Sequence[str] = (),
     log_dir: str | os.PathLike[str] | None = None,
@@ -141,7 +143,7 @@ def start_voila(
         Port; ``None`` picks a free one.
     timeout
         Seconds to wait for the server to answer.
-    host, token, cull_idle_timeout, cull_interval, file_allowlist, extra_args
+    host, token, cull_idle_timeout, cull_interval, max_kernels, file_allowlist, extra_args
         Passed to :func:`fracture_qi.serve.start_notebook_server`.
     log_dir
         Folder for the server log (a new temporary folder by default).
@@ -168,6 +170,7 @@ def start_voila(
         env=env,
         cull_idle_timeout=cull_idle_timeout,
         cull_interval=cull_interval,
+        max_kernels=max_kernels,
         file_allowlist=file_allowlist,
         extra_args=extra_args,
         stdout=log_file,

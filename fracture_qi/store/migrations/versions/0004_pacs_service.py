@@ -2,7 +2,7 @@
 DICOM result objects (SR, key image, SEG) sent back to the PACS
 
 Revision ID: 0004
-Revises: 0001
+Revises: 0002
 Create Date: 2026-12-06
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = '0004'
-down_revision: str | Sequence[str] | None = '0001'
+down_revision: str | Sequence[str] | None = '0002'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
