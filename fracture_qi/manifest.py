@@ -15,7 +15,6 @@ See docs/manifest.md for every key.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from fracture_qi.config import settings
 from fracture_qi.errors import ManifestError, PseudonymisationKeyError
+from fracture_qi.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -593,15 +593,6 @@ def _translate(err: ValidationError, manifest: Path) -> ManifestError:
     if more:
         problem += f" (and {more} more problem(s) in this manifest)"
     return ManifestError(field, value, problem, fix, manifest)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve(m: Manifest, base: Path) -> None:

@@ -13,14 +13,13 @@ import hashlib
 import importlib.metadata
 import logging
 import platform
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
-from fracture_qi import __version__
+from fracture_qi.integrity import code_version, sha256_file
 from fracture_qi.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -60,25 +59,6 @@ STATE_COLUMNS: dict[Any, tuple[str, ...]] = {
         "adherent_52w", "death_date",
     ),
 }
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
-    ...     _ = f.write(b"abc")
-    >>> sha256_file(f.name)[:16]
-    'ba7816bf8f01cfea'
-    >>> os.remove(f.name)
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical(value: Any) -> str:
@@ -148,50 +128,6 @@ def db_state_hash(engine: Engine, *, batch: int = 50_000) -> dict[str, Any]:
             tables[table.name] = {"rows": n, "sha256": digest}
             overall.update(f"{table.name}:{n}:{digest}\n".encode())
     return {"sha256": overall.hexdigest(), "tables": tables}
-
-
-def code_version(start: str | Path | None = None) -> dict[str, Any]:
-    """The git commit of the code and whether the working tree was clean.
-
-    Parameters
-    ----------
-    start
-        A folder inside the repository (default: this package's folder).
-
-    Returns
-    -------
-    dict
-        ``package_version``; ``commit`` (hex, or ``None`` outside git or before the first
-        commit); ``clean`` (``True``/``False``, ``None`` when unknown); ``describe`` (a short
-        human label).
-    """
-    where = Path(start) if start else Path(__file__).resolve().parent
-    info: dict[str, Any] = {"package_version": __version__, "commit": None, "clean": None}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=where, capture_output=True, text=True, timeout=20,
-                check=False,  # a non-zero status (no commits yet) is an answer, not an error
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None:
-        info["describe"] = f"fracture-qi {__version__} (not a git checkout)"
-        return info
-    info["commit"] = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    info["clean"] = None if status is None else status == ""
-    if info["commit"] is None:
-        info["describe"] = f"fracture-qi {__version__} (git repository without commits)"
-        info["clean"] = False
-    else:
-        dirty = "" if info["clean"] else "-dirty"
-        info["describe"] = f"{info['commit'][:12]}{dirty}"
-    return info
 
 
 def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:

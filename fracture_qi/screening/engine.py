@@ -45,6 +45,7 @@ import numpy as np
 from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import DicomError, FractureQIError, ScreeningError
+from fracture_qi.integrity import code_label
 from fracture_qi.screening.types import SeriesResult
 
 log = logging.getLogger(__name__)
@@ -724,15 +725,7 @@ def _replace_after_timeout(
 # --------------------------------------------------------------------------------------------
 def code_version() -> str:
     """Package version plus git commit where known (for ScreeningRun.code_version)."""
-    try:
-        from fracture_qi.reporting.provenance import code_version as cv
-
-        info = cv()
-        return str(info.get("describe") or info.get("package_version"))[:64]
-    except Exception:  # noqa: BLE001  provenance is best effort here
-        from fracture_qi import __version__
-
-        return f"fracture-qi {__version__}"
+    return code_label()
 
 
 def host_name() -> str:
