@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fracture_qi.outcomes.dataset import load_analysis
+from fracture_qi.outcomes.readmodel import load_analysis
 from fracture_qi.outcomes.simulate import populate
 from fracture_qi.qi.monthly import monthly_ppv
 from fracture_qi.qi.report import headline_summary

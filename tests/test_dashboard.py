@@ -46,7 +46,7 @@ def cube(site, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def expected_tiles(engine, **selection) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.report import headline_summary
 
     h = headline_summary(load_analysis(engine, **selection), publish=True)["headline"]
@@ -64,7 +64,7 @@ def test_tiles_equal_headline_summary(site, cube, site_name) -> None:  # type: i
 
 
 def test_funnel_counts_equal_qi_funnel(site, cube) -> None:  # type: ignore[no-untyped-def]
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.funnel import funnel
 
     _, engine = site

@@ -24,7 +24,7 @@ HEADLINE = ("CTs screened", "Fractures confirmed", "Newly identified", "Started 
 
 
 def expected(engine, sites=None) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.report import headline_summary
 
     h = headline_summary(load_analysis(engine, sites=sites), publish=True)["headline"]

@@ -8,13 +8,8 @@ import pandas as pd
 import pytest
 
 from fracture_qi.errors import FractureQIError
-from fracture_qi.outcomes.dataset import (
-    EPISODE_COLUMNS,
-    READ_COLUMNS,
-    STUDY_COLUMNS,
-    load_analysis,
-    load_reads,
-)
+from fracture_qi.outcomes.dataset import EPISODE_COLUMNS, READ_COLUMNS, STUDY_COLUMNS
+from fracture_qi.outcomes.readmodel import load_analysis, load_reads
 from fracture_qi.outcomes.simulate import SimulationParams, populate
 from fracture_qi.store.db import connect, session_scope
 from fracture_qi.store.schema import AdjudicationEvent, Base, Patient, Study

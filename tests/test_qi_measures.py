@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from lifelines import KaplanMeierFitter
 from statsmodels.stats.inter_rater import cohens_kappa
 
-from fracture_qi.outcomes.dataset import load_analysis
+from fracture_qi.outcomes.readmodel import load_analysis
 from fracture_qi.outcomes.simulate import populate
 from fracture_qi.qi.accuracy import accuracy
 from fracture_qi.qi.agreement import agreement_summary, kappa, nurse_vs_nurse
@@ -285,7 +285,9 @@ def test_by_model_compares_models_on_the_same_studies(tmp_path):
                 for sid, f, g in rows
             ],
         )
-    bm = by_model(eng).set_index("model")
+    from fracture_qi.outcomes.readmodel import load_analysis_by_model
+
+    bm = by_model(load_analysis_by_model(eng)).set_index("model")
     assert list(bm.index) == ["alt:2", "reference:1.0"]
     assert bm.loc["alt:2", "n_flagged"] == bm.loc["reference:1.0", "n_flagged"]
     assert bm.loc["alt:2", "n_ct"] == 600

@@ -110,7 +110,7 @@ next:
 
 
 def _print_summary(engine: Any) -> None:
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.report import format_summary, headline_summary
 
     data = load_analysis(engine)

@@ -243,7 +243,7 @@ def load_studies(engine: Engine) -> tuple[pd.DataFrame, str, str]:
         The concatenated frames (with stage-mask columns ``stage_<name>``), the data cut-off
         (ISO) and the default model (the one ``load_analysis`` picks without a model).
     """
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.funnel import stage_masks
 
     first = load_analysis(engine)

@@ -132,7 +132,7 @@ class AuditContext:
     def data(self) -> Any:
         """The :class:`~fracture_qi.outcomes.dataset.AnalysisData` of the selection (loaded once)."""
         if self._data is None:
-            from fracture_qi.outcomes.dataset import load_analysis
+            from fracture_qi.outcomes.readmodel import load_analysis
 
             self._data = load_analysis(self.engine, **self.params)
         return self._data

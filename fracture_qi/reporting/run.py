@@ -185,20 +185,12 @@ def _known_values(engine: Any) -> tuple[list[str], list[str]]:
 
 
 def _default_model(engine: Any) -> str | None:
-    """``model_id:version`` with most screenings (latest first on a tie): the model the
-    notebooks report on when ``model`` is not given, as ``load_analysis`` chooses it."""
-    from sqlalchemy import func, select
+    """The model the notebooks report on when ``model`` is not given (the default model of
+    :mod:`fracture_qi.screening.counting`, as ``load_analysis`` chooses it)."""
+    from fracture_qi.screening.counting import resolve_model
 
-    from fracture_qi.store import schema as S
-
-    with engine.connect() as c:
-        row = c.execute(
-            select(S.Screening.model_id, S.Screening.model_version)
-            .group_by(S.Screening.model_id, S.Screening.model_version)
-            .order_by(func.count().desc(), func.max(S.Screening.created_at).desc())
-            .limit(1)
-        ).first()
-    return f"{row[0]}:{row[1]}" if row else None
+    ref = resolve_model(engine)
+    return ref.label if ref else None
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
