@@ -315,6 +315,29 @@ class AdjudicationConfig(_Strict):
     seed: int | None = Field(None, description="sampling seed (reproducible worklists)")
 
 
+class QiChange(_Strict):
+    """A change to the service, from which SPC limits are recalculated."""
+
+    date: dt.date
+    label: str = Field("QI change", max_length=120)
+    rebase: bool = Field(
+        False, description="recalculate SPC limits from this date (Making Data Count: only "
+        "once a sustained shift with a known cause is seen); otherwise the change is annotated")
+
+
+class FlsConfig(_Strict):
+    """What the FLS-DB KPIs and the SPC charts need to know about the service."""
+
+    expected_caseload_per_year: int | None = Field(
+        None, ge=1,
+        description="expected fragility fractures a year in the FLS's catchment (the local "
+        "estimate FLS-DB supplies); the denominator of KPI 2, identification")
+    changes: list[QiChange] = Field(
+        default_factory=list,
+        description="QI changes (date, label): SPC charts recalculate their limits from each "
+        "and annotate it, in the dashboard and the audit")
+
+
 Sensitivity = Literal["identifiable", "pseudonymous", "publishable"]
 
 
@@ -392,6 +415,7 @@ class Manifest(_Strict):
     model: ModelConfig = ModelConfig()
     screening: ScreeningConfig = ScreeningConfig()
     adjudication: AdjudicationConfig = AdjudicationConfig()
+    fls: FlsConfig = FlsConfig()
     outputs: OutputsConfig = OutputsConfig()
     truth: TruthConfig | None = None
 

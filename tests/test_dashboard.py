@@ -19,7 +19,7 @@ from fracture_qi.dashboards.cube import (
     fingerprint,
     km_from_histogram,
 )
-from fracture_qi.reporting.fixtures import make_fixture_site
+from fracture_qi.simulation import make_fixture_site
 from fracture_qi.store import open_store
 
 HEADLINE = {  # tile key -> headline_summary measure

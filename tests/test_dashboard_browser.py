@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fracture_qi.reporting.fixtures import make_fixture_site
+from fracture_qi.simulation import make_fixture_site
 from fracture_qi.store import open_store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

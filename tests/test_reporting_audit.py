@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from fracture_qi.cli.main import main
 from fracture_qi.errors import ReportError
-from fracture_qi.reporting.fixtures import identifiers, make_fixture_site
+from fracture_qi.simulation import identifiers, make_fixture_site
 from fracture_qi.reporting.run import AUDIT_NOTEBOOKS, run_audit
 from fracture_qi.reporting.verify import verify_audit
 from fracture_qi.store import open_store

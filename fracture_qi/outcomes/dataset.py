@@ -111,6 +111,10 @@ EPISODE_COLUMNS = (
     "reported_by_radiology",
     "n_problems",
     "problem_codes",
+    "index_fracture_site",
+    "falls_assessment_date",
+    "strength_balance_date",
+    "followup_date",
 )
 
 #: columns of ``AnalysisData.reads``

@@ -400,6 +400,9 @@ _EP_DATES = (
     "therapy_recommended_date",
     "therapy_start_date",
     "death_date",
+    "falls_assessment_date",
+    "strength_balance_date",
+    "followup_date",
 )
 
 
@@ -503,6 +506,10 @@ def _load_episodes(engine: Engine) -> pd.DataFrame:
                 FlsEpisode.on_therapy_before,
                 FlsEpisode.known_to_fls.label("known_to_fls_before"),
                 FlsEpisode.reported_by_radiology,
+                FlsEpisode.index_fracture_site,
+                FlsEpisode.falls_assessment_date,
+                FlsEpisode.strength_balance_date,
+                FlsEpisode.followup_date,
                 FlsEpisode.problems,
             ),
         )

@@ -82,10 +82,22 @@ def write_table(
     """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(table_bytes(df, sort_by=sort_by))
+    return p
+
+
+def table_bytes(df: pd.DataFrame, *, sort_by: Sequence[str] | None = None) -> bytes:
+    """The byte-stable CSV of *df* (what :func:`write_table` writes; the dashboard's zip of
+    tables uses it too, so every CSV the suite publishes is written in one place).
+
+    Examples
+    --------
+    >>> table_bytes(pd.DataFrame({"x": [0.5]}))
+    b'x\\n0.5000\\n'
+    """
     table = stable_table(df, sort_by)
     text = table.to_csv(index=False, float_format=FLOAT_FORMAT, lineterminator="\n", na_rep="")
-    p.write_bytes(text.encode("utf-8"))
-    return p
+    return text.encode("utf-8")
 
 
 def notebook_to_html(notebook: str | Path, html: str | Path, *, title: str | None = None) -> Path:

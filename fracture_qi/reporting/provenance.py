@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.metadata
+import json
 import logging
+import os
 import platform
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select
 
-from fracture_qi.integrity import code_version, sha256_file
+from fracture_qi.integrity import canonical_json, code_version, sha256_file, sha256_text
 from fracture_qi.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ STATE_COLUMNS: dict[Any, tuple[str, ...]] = {
         "id", "source", "record_id", "patient_key", "study_id", "reported_by_radiology",
         "known_to_fls", "on_therapy_before", "referral_date", "assessment_date", "dxa_date",
         "therapy_recommended", "therapy_recommended_date", "drug", "therapy_start_date",
-        "adherent_52w", "death_date",
+        "adherent_52w", "death_date", "index_fracture_site", "falls_assessment_date",
+        "strength_balance_date", "followup_date",
     ),
 }
 
@@ -189,8 +192,36 @@ def manifest_inputs(manifest: Any) -> dict[str, Any]:
     return out
 
 
+def ran_by(command: str) -> dict[str, str]:
+    """Who ran an audit, where, and with what command (the provenance's ``ran_by``)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        user = os.environ.get("USER") or "unknown"
+    return {"user": user, "host": socket.gethostname() or platform.node() or "unknown",
+            "command": command}
+
+
+def provenance_hash(provenance: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a provenance record without its ``integrity`` key.
+
+    ``provenance.json`` carries this hash, and the run's ``audit_runs`` row keeps it, so an
+    edit of the file after the run is detected by ``fracture-qi audit --verify``.
+
+    Examples
+    --------
+    >>> provenance_hash({"run": "x"}) == provenance_hash({"run": "x", "integrity": {}})
+    True
+    """
+    body = {k: v for k, v in provenance.items() if k != "integrity"}
+    return sha256_text(canonical_json(json.loads(json.dumps(body, default=str))))
+
+
 def environment() -> dict[str, str]:
-    """Python and platform (no host name: reports may leave the building)."""
+    """Python and platform (who ran it and where is under ``ran_by``)."""
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
