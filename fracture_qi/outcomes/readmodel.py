@@ -225,8 +225,8 @@ def load_analysis(
         Worklist audit name (strata, sampling probabilities); None: the only one, else
         ``default``.
     cutoff
-        Data cut-off date (default: the end of the period, or the latest date in the data,
-        never later than today).
+        Data cut-off date (default: the end of the period, or the latest date in the
+        database, whatever the site filter, never later than today).
     include_simulated
         Keep simulated adjudications (the demo); set False for real audits.
 
@@ -275,6 +275,8 @@ def load_analysis(
         return out
 
     reads = load_reads(engine, include_simulated=include_simulated)
+    # the data cut-off is a property of the database (its latest date), not of the selection
+    latest = [reads["first_recorded_at"].max()] if len(reads) else []
     reads = reads[reads["study_id"].isin(st["study_id"])].reset_index(drop=True)
     for rn in (1, 2):
         cols = {
@@ -293,6 +295,10 @@ def load_analysis(
         r[f"read{rn}_max_grade"] = r[f"read{rn}_max_grade"].astype("Int64")
         parts.append(r)
     ep = _load_episodes(engine)
+    latest += [ep[c].max() for c in _EP_DATES]
+    with engine.connect() as conn:
+        latest.append(pd.Timestamp(conn.execute(select(func.max(Study.study_date))).scalar()
+                                   or pd.NaT))
     # one episode per study: the earliest referral (a second episode is a later fracture)
     linked = ep[ep["study_id"].notna()].sort_values(["referral_date", "episode_id"])
     linked = linked.drop_duplicates("study_id")
@@ -331,10 +337,7 @@ def load_analysis(
     elif p1 is not None:
         cut = p1
     else:
-        cands = [st["study_date"].max()] + [ep[c].max() for c in _EP_DATES]
-        if len(reads):
-            cands.append(reads["first_recorded_at"].max())
-        cands = [c for c in cands if pd.notna(c)]
+        cands = [pd.Timestamp(c) for c in latest if pd.notna(c)]
         # never later than today: a mistyped future date must not move the cut-off
         cut = min(max(cands).date(), dt.date.today()) if cands else dt.date.today()
 
