@@ -53,7 +53,13 @@ from fracture_qi.qi.proportions import (
     weighted_proportion_from_sums,
 )
 from fracture_qi.qi.service import SERVICE_MEASURES
-from fracture_qi.qi.suppression import HIDDEN, MIN_FOR_STATISTIC, Mode, suppress_table
+from fracture_qi.qi.suppression import (
+    HIDDEN,
+    MIN_FOR_STATISTIC,
+    Mode,
+    secondary_suppression_mask,
+    suppress_table,
+)
 from fracture_qi.qi.timing import INTERVALS, READ_AT, km_from_histogram, summarise_histogram
 
 STRATA = ("flagged", "audit_negative", "other")
@@ -157,16 +163,40 @@ def _plain(sums: list[StratumSums]) -> bool:
     return all(abs(s.w_x - s.n_x) < 1e-9 and abs(s.w2_x - s.n_x) < 1e-9 for s in sums)
 
 
+#: where each 2x2 cell and margin sits in the published 2x2 table (row, column; 2 = total)
+_CELL_POS = {"tp": (0, 0), "fp": (0, 1), "fn": (1, 0), "tn": (1, 1)}
+#: accuracy measure -> (numerator, denominator) as 2x2 positions
+_CASES_POS = {"ppv": ((0, 0), (0, 2)), "sensitivity": ((0, 0), (2, 0)),
+              "specificity": ((1, 1), (2, 1)), "npv": ((1, 1), (1, 2)),
+              "prevalence": ((2, 0), (2, 2))}
+
+
+def _cells_2x2(t: Mapping[str, float]) -> np.ndarray:
+    """The AI-vs-nurse 2x2 (rows flagged / not, columns confirmed / not) over strata."""
+    c = {k: sum(t.get(f"acc_{s}_{k}_n", 0.0) for s in STRATA) for k in _CELL_POS}
+    return np.array([[c["tp"], c["fp"]], [c["fn"], c["tn"]]], dtype=float)
+
+
+def _hidden_2x2(t: Mapping[str, float]) -> np.ndarray:
+    """The cells (and margins) the published 2x2 hides: primary and secondary suppression.
+    Every figure derived from the 2x2 respects it, so no table gives away what another
+    hides."""
+    return secondary_suppression_mask(np.rint(_cells_2x2(t)).astype(np.int64))
+
+
 def accuracy_rows(t: Mapping[str, float], mode: Mode = "internal",
                   confidence: float = 0.95) -> pd.DataFrame:
     """PPV, sensitivity, specificity, NPV and prevalence with intervals, as
     :func:`fracture_qi.qi.accuracy.accuracy` computes them, from aggregate sums (in publish
-    mode from the rounded cells; a hidden measure has NaN estimate)."""
+    mode from the rounded cells, and hidden when a cell it needs is hidden in the published
+    2x2 table; a hidden measure has NaN estimate)."""
     rows = []
+    hidden_cells = _hidden_2x2(t) if mode == "publish" else np.zeros((3, 3), bool)
     for key, (label, den, num, definition) in ACCURACY.items():
         k = sum(t.get(f"acc_{s}_{c}_n", 0.0) for s in STRATA for c in num)
         n = sum(t.get(f"acc_{s}_{c}_n", 0.0) for s in STRATA for c in den)
-        sums = None if rate_hidden(k, n, mode) else _sums(t, den, num, mode)
+        needs_hidden = any(hidden_cells[_CELL_POS[c]] for c in den)
+        sums = None if (rate_hidden(k, n, mode) or needs_hidden) else _sums(t, den, num, mode)
         if sums is None:
             p = Proportion(math.nan, math.nan, math.nan, math.nan, math.nan, int(n), math.nan,
                            "hidden", confidence)
@@ -184,22 +214,37 @@ def accuracy_rows(t: Mapping[str, float], mode: Mode = "internal",
 
 def accuracy_table(t: Mapping[str, float], mode: Mode) -> pd.DataFrame:
     """Accuracy measures for display (publish: from rounded stratum cells; a measure is
-    hidden when its numerator or the rest of its denominator is 1-7)."""
+    hidden when its numerator or the rest of its denominator is 1-7, or when a cell it needs
+    is hidden in the published 2x2). The case counts are the 2x2's cells and margins, shown
+    as the published 2x2 shows them."""
     acc = accuracy_rows(t, mode)
+    shown = _shown_2x2(t, mode)
     out = []
     for r in acc.itertuples():
         hidden = r.method == "hidden"
+        num_pos, den_pos = _CASES_POS[r.measure]
         out.append({
             "Measure": r.label,
             "Estimate": HIDDEN if hidden else pct(r.estimate),
             "95% CI": "" if hidden else _ci(r.low, r.high),
-            "Cases (numerator)": count_text(r.n_numerator, mode),
-            "Cases (denominator)": count_text(r.n_denominator, mode),
+            "Cases (numerator)": shown[num_pos],
+            "Cases (denominator)": shown[den_pos],
             "Method": "Wilson" if r.method == "wilson" else (
                 "" if hidden else "inverse-probability weighted, Wilson on effective n"),
             "Definition": r.definition,
         })
     return pd.DataFrame(out)
+
+
+def _shown_2x2(t: Mapping[str, float], mode: Mode) -> dict[tuple[int, int], str]:
+    """Text of every cell and margin of the 2x2 as :func:`two_by_two` shows it."""
+    cells = np.rint(_cells_2x2(t)).astype(np.int64)
+    full = np.zeros((3, 3), dtype=np.int64)
+    full[:2, :2] = cells
+    full[:2, 2], full[2, :2], full[2, 2] = cells.sum(1), cells.sum(0), cells.sum()
+    hidden = _hidden_2x2(t) if mode == "publish" else np.zeros((3, 3), bool)
+    return {(i, j): HIDDEN if hidden[i, j] else count_text(full[i, j], mode)
+            for i in range(3) for j in range(3)}
 
 
 def _ci(lo: float, hi: float) -> str:
@@ -235,7 +280,9 @@ def agreement_rows(t: Mapping[str, float], mode: Mode = "internal") -> pd.DataFr
     for comp, what, prefix, k, weights in AGREEMENT:
         tab = _table(t, prefix, k)
         n = float(tab.sum())
-        hidden = mode == "publish" and bool(np.any([small(v) for v in tab.ravel()]))
+        # hidden when the table, published, would hide a cell (primary or secondary)
+        hidden = mode == "publish" and bool(
+            secondary_suppression_mask(np.rint(tab).astype(np.int64))[:k, :k].any())
         if mode == "publish" and not hidden:
             tab = np.array([[shown_count(v, mode) or 0.0 for v in row] for row in tab])
         res = kappa_from_table(tab, weights=weights)
