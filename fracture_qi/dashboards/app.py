@@ -116,11 +116,12 @@ class QIDashboard:
         """
         from fracture_qi.integrity import code_label
         from fracture_qi.reporting.run import open_manifest
+        from fracture_qi.reporting.stamp import meta_from_manifest
 
         m, engine = open_manifest(manifest, migrate=False)
         cache_dir = Path(m.output_dir("reports")) / ".cache" if cache else None
-        meta = {"name": m.name or Path(manifest).parent.name, "synthetic": bool(m.synthetic),
-                "simulated": "simulated" in (m.name or "").lower()}
+        meta = meta_from_manifest(m)
+        meta["name"] = meta["name"] or Path(manifest).parent.name
         cube = cube_from_engine(engine, cache_dir=cache_dir, refresh=refresh, meta=meta)
         title = kwargs.pop("title", None) or f"Fracture QI: {m.name or 'dashboard'}"
         kwargs.setdefault("changes", [(c.date.isoformat(), c.label) for c in m.fls.changes

@@ -275,8 +275,6 @@ def load_analysis(
         return out
 
     reads = load_reads(engine, include_simulated=include_simulated)
-    # the data cut-off is a property of the database (its latest date), not of the selection
-    latest = [reads["first_recorded_at"].max()] if len(reads) else []
     reads = reads[reads["study_id"].isin(st["study_id"])].reset_index(drop=True)
     for rn in (1, 2):
         cols = {
@@ -295,10 +293,6 @@ def load_analysis(
         r[f"read{rn}_max_grade"] = r[f"read{rn}_max_grade"].astype("Int64")
         parts.append(r)
     ep = _load_episodes(engine)
-    latest += [ep[c].max() for c in _EP_DATES]
-    with engine.connect() as conn:
-        latest.append(pd.Timestamp(conn.execute(select(func.max(Study.study_date))).scalar()
-                                   or pd.NaT))
     # one episode per study: the earliest referral (a second episode is a later fracture)
     linked = ep[ep["study_id"].notna()].sort_values(["referral_date", "episode_id"])
     linked = linked.drop_duplicates("study_id")
@@ -337,9 +331,8 @@ def load_analysis(
     elif p1 is not None:
         cut = p1
     else:
-        cands = [pd.Timestamp(c) for c in latest if pd.notna(c)]
-        # never later than today: a mistyped future date must not move the cut-off
-        cut = min(max(cands).date(), dt.date.today()) if cands else dt.date.today()
+        # a property of the database (when the data were extracted), not of the selection
+        cut = data_cutoff(engine)
 
     st = st[list(STUDY_COLUMNS)].sort_values("study_id").reset_index(drop=True)
     seconds = time.perf_counter() - t0
@@ -572,6 +565,22 @@ def _confirmed_studies(reads: pd.DataFrame) -> list[int]:
         return []
     r1 = reads[(reads["read_number"] == 1) & (reads["decision"] == "confirmed")]
     return r1["study_id"].astype(int).tolist()
+
+
+def data_cutoff(engine: Engine) -> dt.date:
+    """The database's data cut-off: its latest date (studies, FLS dates, first reads),
+    never later than today: what :func:`load_analysis` uses without a period or cut-off."""
+    with engine.connect() as conn:
+        cands = [conn.execute(select(func.max(Study.study_date))).scalar(),
+                 conn.execute(select(func.max(AdjudicationEvent.recorded_at))).scalar()]
+        cands += [conn.execute(select(func.max(getattr(FlsEpisode, c)))).scalar()
+                  for c in ("referral_date", "assessment_date", "dxa_date",
+                            "therapy_recommended_date", "therapy_start_date", "death_date",
+                            "falls_assessment_date", "strength_balance_date", "followup_date")]
+    dates = [pd.Timestamp(c) for c in cands if c is not None]
+    dates = [d.tz_localize(None) if d.tzinfo else d for d in dates]
+    # never later than today: a mistyped future date must not move the cut-off
+    return min(max(dates).date(), dt.date.today()) if dates else dt.date.today()
 
 
 def load_analysis_by_model(engine: Engine, **load_kwargs: Any) -> dict[str, AnalysisData]:

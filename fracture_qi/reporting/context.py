@@ -173,9 +173,9 @@ class AuditContext:
     @property
     def meta(self) -> dict[str, Any]:
         """Name and synthetic/simulated flags of the site (labels every output)."""
-        name = getattr(self.manifest, "name", None) or ""
-        return {"name": name, "synthetic": bool(getattr(self.manifest, "synthetic", False)),
-                "simulated": "simulated" in name.lower()}
+        from fracture_qi.reporting.stamp import meta_from_manifest
+
+        return meta_from_manifest(self.manifest)
 
     @property
     def code_version(self) -> str:

@@ -75,12 +75,17 @@ def _read(run_dir: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(p, dtype=str, keep_default_na=False)
 
 
+#: columns that name a row: never moved to the notes
+LABEL_COLUMNS = frozenset({"No.", "KPI", "Measure", "Stage", "Interval", "Comparison", "What"})
+
+
 def _narrow(df: pd.DataFrame, drop: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
     """Drop long text columns (kept for the notes) so a table fits a slide."""
     gone = [c for c in drop if c in df.columns]
     rest = df.drop(columns=gone)
     while len(rest.columns) > MAX_TABLE_COLS:
-        widest = max(rest.columns[1:], key=lambda c: rest[c].astype(str).str.len().mean())
+        movable = [c for c in rest.columns[1:] if c not in LABEL_COLUMNS]
+        widest = max(movable, key=lambda c: rest[c].astype(str).str.len().mean())
         gone.append(widest)
         rest = rest.drop(columns=[widest])
     notes = ""

@@ -382,6 +382,7 @@ def run_audit(
         "started_at": started,
         "data_label": label,
         "kpi_source": _kpi_source(),
+        "data_cutoff": _data_cutoff(engine),
     }
     provenance["context_line"] = _context_line(provenance, code)
     failures = [o for o in outcomes if o.status != "ok"]
@@ -467,11 +468,15 @@ def _write_provenance(out: Path, provenance: dict[str, Any]) -> str:
 
 
 def _data_label(manifest: Any) -> str:
-    from fracture_qi.reporting.stamp import data_label
+    from fracture_qi.reporting.stamp import data_label, meta_from_manifest
 
-    name = getattr(manifest, "name", None) or ""
-    return data_label({"synthetic": bool(getattr(manifest, "synthetic", False)),
-                       "simulated": "simulated" in name.lower()})
+    return data_label(meta_from_manifest(manifest))
+
+
+def _data_cutoff(engine: Any) -> str:
+    from fracture_qi.outcomes.readmodel import data_cutoff
+
+    return data_cutoff(engine).isoformat()
 
 
 def _kpi_source() -> str:
@@ -491,7 +496,7 @@ def _context_line(provenance: dict[str, Any], code: dict[str, Any]) -> str:
     if params.get("sites"):
         filters["site"] = list(params["sites"])
     filters["model"] = provenance.get("model") or "none"
-    cutoff = params.get("cutoff") or params.get("period_end") or "latest data"
+    cutoff = params.get("cutoff") or params.get("period_end") or provenance.get("data_cutoff")
     label = provenance.get("data_label") or ""
     return context_line(context(filters=filters, mode=provenance["mode"], cutoff=str(cutoff),
                                 run=provenance["run"], code_version=str(code.get("describe")),

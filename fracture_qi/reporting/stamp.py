@@ -27,6 +27,24 @@ def data_label(meta: Mapping[str, Any]) -> str:
     return ""
 
 
+#: what a simulated service history's manifest is named (fracture_qi.simulation)
+SIMULATED_NAME = "simulated service history"
+
+
+def meta_from_manifest(manifest: Any) -> dict[str, Any]:
+    """``name``, ``synthetic`` and ``simulated`` of a site, from its manifest.
+
+    Examples
+    --------
+    >>> class M: name, synthetic = "SIMULATED service history (demo)", True
+    >>> meta_from_manifest(M())["simulated"]
+    True
+    """
+    name = str(getattr(manifest, "name", None) or "")
+    return {"name": name, "synthetic": bool(getattr(manifest, "synthetic", False)),
+            "simulated": SIMULATED_NAME in name.lower()}
+
+
 def filter_text(filters: Mapping[str, Any]) -> str:
     """A filter in words.
 
@@ -81,4 +99,5 @@ def context_line(ctx: Mapping[str, str]) -> str:
             f"{ctx['data cut-off']}. Run: {ctx['run']}. Code: {ctx['code version']}.")
 
 
-__all__ = ["context", "context_line", "data_label", "filter_text"]
+__all__ = ["SIMULATED_NAME", "context", "context_line", "data_label", "filter_text",
+           "meta_from_manifest"]

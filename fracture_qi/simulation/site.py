@@ -77,7 +77,7 @@ def make_site(folder: str | Path, *, studies: int = 400, seed: int = 7, models: 
     studies, seed, models, params
         See :func:`fracture_qi.simulation.service.populate`.
     name
-        Manifest name (default ``simulated-seed<seed>``).
+        Manifest name (default ``synthetic-site-seed<seed>``).
     fls_section
         The manifest's ``fls:`` section (YAML), if any.
     banner
@@ -101,7 +101,7 @@ def make_site(folder: str | Path, *, studies: int = 400, seed: int = 7, models: 
     if manifest.exists():
         raise FileExistsError(f"{manifest} exists; choose an empty folder")
     manifest.write_text(MANIFEST_TEMPLATE.format(
-        banner=banner, name=name or f"simulated-seed{seed}", db="fracture_qi.db",
+        banner=banner, name=name or f"synthetic-site-seed{seed}", db="fracture_qi.db",
         fls=fls_section), encoding="utf-8")
     engine = open_store(manifest_db_url(out))
     try:
