@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Chromium (Voila pages, through Playwright),
-# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database).
+# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database), and
+# poppler-utils (pdftoppm renders the conference pack's PDF; pdftotext lets the identifier
+# scan read it).
 # Idempotent: installs only what is missing. Needs root (or sudo) on Debian/Ubuntu.
 set -euo pipefail
 need=()
@@ -8,8 +10,9 @@ need=()
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql)"
+  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql, poppler-utils)"
   exit 0
 fi
 SUDO=""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -327,28 +328,32 @@ class QIDashboard:
 def _kpi_note() -> str:
     from fracture_qi.qi.published import kpi_source_note
 
-    return kpi_source_note() + " KPIs follow the period and site filters only."
+    return (kpi_source_note() + " KPIs follow the period and site filters only; with a site "
+            "chosen, FLS patients not linked to a CT here (referrals from elsewhere) are left "
+            "out, and KPI 2 is not shown (its expected caseload is the whole service's).")
 
 
 def _redraw(out: Any, chart: Chart) -> None:
-    """Show *chart* as an interactive plotly figure in the Output widget *out*."""
-    from IPython.display import display
+    """Show *chart* as an interactive plotly figure in the Output widget *out*.
 
+    The figure is set as the widget's ``outputs`` state, not displayed inside it: Voila
+    routes output captured during the notebook's execution through its executor, and with
+    more than about seven charts of tens of kB each that stalled the page; as widget state
+    it reaches the browser like any other widget value.
+    """
     # no template: plotly_white alone is 10 kB of JSON per chart per redraw
     fig = to_plotly(chart, template=None)
     fig.update_layout(height=400, plot_bgcolor="white", paper_bgcolor="white",
                       font=dict(color="#2a3f5f"))
     fig.update_xaxes(gridcolor="#ebf0f8", linecolor="#c8d4e3")
     fig.update_yaxes(gridcolor="#ebf0f8", linecolor="#c8d4e3", zerolinecolor="#ebf0f8")
-    spec = fig.to_plotly_json()
+    spec = json.loads(fig.to_json())  # plain JSON types (numpy arrays become lists)
     bundle = {
         "application/vnd.plotly.v1+json": {"data": spec["data"], "layout": spec["layout"],
                                            "config": {"displaylogo": False}},
         "text/plain": chart.title,
     }
-    with out:
-        out.clear_output(wait=True)
-        display(bundle, raw=True)
+    out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 def _context_html(ctx: Mapping[str, str], mode: str) -> str:

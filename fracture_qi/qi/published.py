@@ -352,10 +352,15 @@ def kpi_rows(counts: Mapping[str, float], *, months: int | None = None,
 
 
 def kpi_table(counts: Mapping[str, float], mode: Mode, *, months: int | None = None,
-              expected_caseload_per_year: float | None = None) -> pd.DataFrame:
+              expected_caseload_per_year: float | None = None,
+              whole_service: bool = True) -> pd.DataFrame:
     """The FLS-DB KPI table for display: each figure with its numerator and denominator,
-    its interval, its band and the national average (FLS-DB 2019 data)."""
-    rows = kpi_rows(counts, months=months, expected_caseload_per_year=expected_caseload_per_year)
+    its interval, its band and the national average (FLS-DB 2019 data). With
+    ``whole_service=False`` (a site chosen) KPI 2 is not shown: the expected caseload is the
+    whole service's."""
+    rows = kpi_rows(counts, months=months,
+                    expected_caseload_per_year=expected_caseload_per_year if whole_service
+                    else None)
     out = []
     for r in rows.itertuples():
         national = "" if r.national is None or pd.isna(r.national) else f"{r.national:g}%"
@@ -366,7 +371,10 @@ def kpi_table(counts: Mapping[str, float], mode: Mode, *, months: int | None = N
             den_is = "key fields (field counts, not patients)"
         elif r.kpi == "identification":
             shown_num = count_text(r.numerator, mode)
-            if math.isnan(r.denominator):
+            if not whole_service:
+                shown_den, est, ci, b = "", "n/a", "", ""
+                den_is = "the expected caseload is the whole service's: choose all sites"
+            elif math.isnan(r.denominator):
                 shown_den, est, ci, b = "", "not set", "", ""
                 den_is = ("expected caseload: set fls.expected_caseload_per_year in the "
                           "manifest (the FLS-DB local estimate)")
@@ -583,7 +591,8 @@ def monthly_table(by_month: pd.DataFrame, mode: Mode) -> pd.DataFrame:
 
 
 def summary(agg: Any, filters: Mapping[str, Any] | None, mode: Mode, *,
-            expected_caseload_per_year: float | None = None) -> dict[str, Any]:
+            expected_caseload_per_year: float | None = None,
+            whole_service: bool | None = None) -> dict[str, Any]:
     """Every headline table for a filter: what the pack and the dashboard show.
 
     Returns
@@ -603,7 +612,9 @@ def summary(agg: Any, filters: Mapping[str, Any] | None, mode: Mode, *,
         "headline": headline_table(t, mode),
         "funnel": funnel_table(t, mode),
         "kpis": kpi_table(et, mode, months=months,
-                          expected_caseload_per_year=expected_caseload_per_year),
+                          expected_caseload_per_year=expected_caseload_per_year,
+                          whole_service=(f.get("site") in (None, "", "All", [], ())
+                                         if whole_service is None else whole_service)),
         "completeness": completeness_table(et, mode),
         "service": service_table(t, mode),
         "accuracy": accuracy_table(t, mode),

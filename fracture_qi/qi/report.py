@@ -55,14 +55,16 @@ def headline_summary(data: AnalysisData, publish: bool, *,
     mode: Mode = "publish" if publish else "internal"
     agg = aggregate or Aggregate.from_analysis(data)
     filters = {"model": data.model} if data.model else {}
-    out = P.summary(agg, filters, mode, expected_caseload_per_year=expected_caseload_per_year)
+    out = P.summary(agg, filters, mode, expected_caseload_per_year=expected_caseload_per_year,
+                    whole_service=not data.sites)
     t, et = out.pop("totals"), out.pop("episode_totals")
     out["params"] = {**data.params, "model": data.model, "cutoff": str(data.cutoff)}
     if not publish:
         out["raw"] = {
             "funnel": P.funnel_rows(t),
             "kpis": P.kpi_rows(et, months=agg.months_in(filters),
-                               expected_caseload_per_year=expected_caseload_per_year),
+                               expected_caseload_per_year=None if data.sites
+                               else expected_caseload_per_year),
             "accuracy": P.accuracy_rows(t),
             "times": P.times_rows(agg.histograms(filters), t),
             "agreement": P.agreement_rows(t),

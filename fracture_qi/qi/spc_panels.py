@@ -44,6 +44,12 @@ P_CHART_MAX_SIGMA_Z = 1.25
 #: MDC's minimum for meaningful limits; fewer shown months and a chart is not drawn
 MIN_POINTS_TO_CHART = 2
 
+def _target(kpi: str) -> float | None:
+    """A KPI's green threshold as a proportion (the SPC target)."""
+    t = KPI_BY_KEY[kpi].target
+    return None if t is None else t / 100
+
+
 #: panel -> (title, kind, source, numerator key, denominator key, improvement, target)
 PANELS: dict[str, tuple[str, str, str, str, str, str | None, float | None]] = {
     "screened": ("CTs screened per month", "count", "studies", "screened", "", None, None),
@@ -53,14 +59,14 @@ PANELS: dict[str, tuple[str, str, str, str, str, str | None, float | None]] = {
                         "svc_unassessable", "svc_result", "down", None),
     "assessed_90d": ("FLS assessment within 90 days (FLS-DB KPI 4), by month of fracture",
                      "rate", "episodes", "assessed_90d_num", "assessed_90d_den", "up",
-                     KPI_BY_KEY["assessed_90d"].target),
+                     _target("assessed_90d")),
     "started_16w": ("Treatment started by follow-up (FLS-DB KPI 10), by month of fracture",
                     "rate", "episodes", "started_16w_num", "started_16w_den", "up",
-                    KPI_BY_KEY["started_16w"].target),
+                    _target("started_16w")),
     "spine_identification": ("Spinal fracture identification (FLS-DB KPI 3), by month",
                              "rate", "episodes", "spine_identification_num",
                              "spine_identification_den", "up",
-                             KPI_BY_KEY["spine_identification"].target),
+                             _target("spine_identification")),
 }
 
 

@@ -64,7 +64,8 @@ class Trace:
         Values; ``None`` in *y* is a gap (e.g. a suppressed value).
     kind
         ``"bar"``, ``"barh"`` (x holds the values, y the categories), ``"line"``,
-        ``"markers"``, ``"path"`` (a line without markers), ``"step"`` (a Kaplan-Meier style post-step) or ``"band"`` (a shaded
+        ``"markers"``, ``"hollow"`` (open markers), ``"path"`` (a line without markers),
+        ``"step"`` (a Kaplan-Meier style post-step) or ``"band"`` (a shaded
         area between *low* and *high*).
     low, high
         Error bar / band limits (same length as *y*), optional.
@@ -159,12 +160,14 @@ def to_plotly(chart: Chart, *, template: str | None = "plotly_white") -> Any:
                                      fill="tonexty", fillcolor=_rgba(color, 0.2), name=t.name,
                                      hoverinfo="skip"))
         else:
-            mode = {"line": "lines+markers", "markers": "markers", "step": "lines",
-                    "path": "lines"}[t.kind]
+            mode = {"line": "lines+markers", "markers": "markers", "hollow": "markers",
+                    "step": "lines", "path": "lines"}[t.kind]
             line = dict(color=color, dash=t.dash, shape="hv" if t.kind == "step" else "linear")
+            marker = dict(color=color, size=8)
+            if t.kind == "hollow":
+                marker = dict(color=color, size=9, symbol="circle-open")
             fig.add_trace(go.Scatter(name=t.name, x=x, y=y, mode=mode, line=line,
-                                     marker=dict(color=color, size=8), error_y=err,
-                                     connectgaps=False))
+                                     marker=marker, error_y=err, connectgaps=False))
     title = chart.title + (f"<br><sup>{chart.note}</sup>" if chart.note else "")
     notes: list[dict[str, Any]] = []
     for x, text in chart.annotations:
@@ -187,11 +190,23 @@ def to_plotly(chart: Chart, *, template: str | None = "plotly_white") -> Any:
     )
     if template:
         fig.update_layout(template=template)
+    if not chart.traces:  # nothing to chart: say why, without empty axes
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.add_annotation(text=chart.note or "nothing to chart", x=0.5, y=0.5, xref="paper",
+                           yref="paper", showarrow=False, font=dict(size=13, color="#555"))
+        return fig
     if chart.ypercent:
         fig.update_yaxes(tickformat=".0%")
     if chart.yrange:
         fig.update_yaxes(range=list(chart.yrange))
     return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -256,9 +271,10 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
                     linestyle={"dash": "--", "dot": ":"}.get(t.dash, "-"))
         else:
             style = {"dash": "--", "dot": ":"}.get(t.dash, "-")
-            marker = "o" if t.kind in ("line", "markers") else None  # "path": no markers
-            ls = "none" if t.kind == "markers" else style
-            ax.plot(x, y, color=color, linestyle=ls, marker=marker, markersize=4, label=t.name)
+            marker = "o" if t.kind in ("line", "markers", "hollow") else None  # "path": none
+            ls = "none" if t.kind in ("markers", "hollow") else style
+            ax.plot(x, y, color=color, linestyle=ls, marker=marker, markersize=4, label=t.name,
+                    markerfacecolor="none" if t.kind == "hollow" else color)
             if lo is not None and hi is not None:
                 ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
                             fmt="none", ecolor="#444", capsize=2)
@@ -273,6 +289,13 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
         if len(ticks) > 14:
             ax.set_xticks(ticks[::3])
     ax.set_title(chart.title)
+    if not chart.traces:  # nothing to chart: say why, without empty axes
+        ax.axis("off")
+        ax.text(0.5, 0.5, "\n".join(_wrap(chart.note or "nothing to chart", 90)),
+                ha="center", va="center", fontsize=10, color="#555", transform=ax.transAxes)
+        if chart.caption:
+            fig.text(0.01, 0.01, chart.caption, fontsize=6.5, color="#555", wrap=True)
+        return fig
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)
     if chart.ypercent:
@@ -405,9 +428,12 @@ def spc_chart(df: pd.DataFrame, *, x: str = "month", title: str = "", ylabel: st
             traces.append(Trace(name, xs, ys, kind="markers", color=MDC_COLOURS[kind]))
     gaps = [t in ("missing", "suppressed") for t in types]
     if any(gaps):
-        floor = 0.0
-        traces.append(Trace("no data / suppressed", xs, [floor if g else None for g in gaps],
-                            kind="markers", color=NHS["mid_grey"]))
+        # a hollow mark on the mean line: the month is there, its value is not shown
+        centre = [_num(v) for v in df["centre"]]
+        traces.append(Trace("no data / suppressed (value not shown)", xs,
+                            [(c if c is not None else 0.0) if g else None
+                             for g, c in zip(gaps, centre)], kind="hollow",
+                            color=NHS["mid_grey"]))
     return Chart(title=title, traces=traces, xlabel=x, ylabel=ylabel, note=note,
                  ypercent=percent, icons=list(icons), annotations=list(annotations),
                  caption=caption)
