@@ -319,7 +319,10 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
         ax.text(0.99 - 0.07 * i, 1.02, text.replace("\u25b2", "^").replace("\u25bc", "v"),
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="white",
                 fontweight="bold", bbox=dict(boxstyle="circle,pad=0.3", fc=colour, ec=colour))
-    if len(chart.traces) > 1:
+    if len(chart.traces) > 4:  # many series (SPC): the legend below, off the data
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4,
+                  frameon=False)
+    elif len(chart.traces) > 1:
         ax.legend(fontsize=8, loc="best")
     footer = " ".join(x for x in (chart.note, chart.caption) if x)
     if footer:

@@ -170,9 +170,13 @@ def pack_slides(run_dir: str | Path, prov: dict[str, Any]) -> list[Slide]:
             table, extra = _narrow(df, drop)
             slides.append(Slide(title, table=table,
                                 notes=DEFINITIONS[key] + extra + "\n\n" + p_notes))
-    for png in sorted((run / "figures").glob("spc_*.png")):
-        slides.append(Slide("SPC: " + png.stem.removeprefix("spc_").replace("_", " "),
-                            image=png, notes=DEFINITIONS["spc"] + "\n\n" + p_notes))
+    from fracture_qi.qi.spc_panels import PANELS
+
+    for key in PANELS:  # the order the dashboard shows them in
+        png = run / "figures" / f"spc_{key}.png"
+        if png.is_file():
+            slides.append(Slide("SPC: " + PANELS[key][0].split(" (")[0].split(", by")[0],
+                                image=png, notes=DEFINITIONS["spc"] + "\n\n" + p_notes))
     df = _read(run, "pack_times")
     if df is not None:
         table, extra = _narrow(df)
@@ -383,6 +387,7 @@ def _pdf_table(fig: Any, df: pd.DataFrame) -> None:
                       cellLoc="left", colLoc="left")
     table.auto_set_font_size(False)
     table.set_fontsize(10 if len(df) <= 10 else 8)
+    table.auto_set_column_width(list(range(len(df.columns))))
     table.scale(1, 1.5)
     for (i, j), cell in table.get_celld().items():
         if i == 0:
