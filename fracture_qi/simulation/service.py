@@ -266,12 +266,41 @@ def populate(
         raise ValueError(f"models={models}: the generator knows 1 or 2 models")
     p = params or ServiceParams()
     specs = p.model_specs(models)
-    rng = np.random.default_rng(seed)
-    key_secret = secret or DEMO_KEY.encode()
-    n_s = int(studies)
-    n_p = max(1, int(round(n_s / 1.25)))
+    d = _Draw(p, np.random.default_rng(seed), seed, secret or DEMO_KEY.encode(), int(studies))
+    _draw_cohort(d)
+    _draw_screenings(d, specs)
+    _draw_reads(d)
+    _draw_episodes(d, with_fls)
+    truth_df = pd.DataFrame({
+        "study_id": np.arange(1, d.n_s + 1), "eligible": d.a["eligible"],
+        "fracture": d.a["truth"], "ai_flagged": d.a["flag0"], "in_worklist": d.a["in_wl"],
+        "stratum": np.where(d.a["flag0"], "flagged",
+                            np.where(d.a["audit"], "audit_negative", None)),
+    })
+    counts = _write(engine, d, chunk)
+    seconds = time.perf_counter() - t0
+    log.info("simulated service rows written: %s in %.1f s", counts, seconds)
+    return SimulationResult(truth_df, counts, seconds)
 
-    # --- patients and studies ------------------------------------------------------------------
+
+@dataclass
+class _Draw:
+    """What one simulation has drawn so far (the stages of :func:`populate` fill it in)."""
+
+    p: ServiceParams
+    rng: np.random.Generator
+    seed: int
+    secret: bytes
+    n_s: int
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    a: dict[str, Any] = field(default_factory=dict)
+
+
+def _draw_cohort(d: _Draw) -> None:
+    """Patients, studies and their chosen series, with the truth (fracture or not)."""
+    p, rng, seed, n_s = d.p, d.rng, d.seed, d.n_s
+    key_secret = d.secret
+    n_p = max(1, int(round(n_s / 1.25)))
     sex = np.where(rng.random(n_p) < 0.55, "F", "M")
     age_first = np.clip(rng.normal(70, 11, n_p), 30, 97)
     nhs = _nhs_numbers(rng, n_p)
@@ -331,7 +360,16 @@ def populate(
             "reason": str(reason[j]) or None, "chosen": True,
         })
 
-    # --- screening runs and results -------------------------------------------------------------
+    d.rows.update(patients=patient_rows, studies=study_rows, series=series_rows)
+    d.a.update(pat_of=pat_of, sdate=sdate, month_i=month_i, site_i=site_i,
+               eligible=eligible, truth=truth, first_day=first_day, span=span)
+
+
+def _draw_screenings(d: _Draw, specs: tuple[ModelSpec, ...]) -> None:
+    """One screening run per model and its counted results (ok / error / excluded)."""
+    p, rng, seed, n_s = d.p, d.rng, d.seed, d.n_s
+    eligible, truth = d.a["eligible"], d.a["truth"]
+    site_i, month_i = d.a["site_i"], d.a["month_i"]
     run_rows: list[dict[str, Any]] = []
     screening_rows: list[dict[str, Any]] = []
     flagged_by_model: list[np.ndarray] = []
@@ -372,8 +410,16 @@ def populate(
             })
         run_rows[-1].update(n_ok=int(ok.sum()), n_error=int((did & ~ok).sum()))
 
-    # --- worklist and nurse reads (the first model: the service's own AI) -----------------------
-    flag0, ok0 = flagged_by_model[0], ok_by_model[0]
+    d.rows.update(screening_runs=run_rows, screenings=screening_rows)
+    d.a.update(flag0=flagged_by_model[0], ok0=ok_by_model[0], screening_id=screening_id)
+
+
+def _draw_reads(d: _Draw) -> None:
+    """The worklist of the first model, nurse reads (double reads, corrections)."""
+    p, rng, n_s = d.p, d.rng, d.n_s
+    truth, sdate = d.a["truth"], d.a["sdate"]
+    screening_id, screening_rows = d.a["screening_id"], d.rows["screenings"]
+    flag0, ok0 = d.a["flag0"], d.a["ok0"]
     audit = ok0 & ~flag0 & (rng.random(n_s) < p.audit_negative_rate)
     in_wl = flag0 | audit
     double = in_wl & (rng.random(n_s) < p.double_read_rate)
@@ -440,7 +486,20 @@ def populate(
     # corrections: the latest event of a chain counts
     corrections = [e for e in ev_rows if e["read_number"] == 1 and rng.random() < p.p_correction]
 
-    # --- FLS episodes ---------------------------------------------------------------------------
+    d.rows.update(worklist_items=wl_rows, adjudication_events=ev_rows)
+    d.a.update(audit=audit, in_wl=in_wl, read1=read1, known=known, action=action,
+               read_day=read_day, corrections=corrections, last=last)
+
+
+def _draw_episodes(d: _Draw, with_fls: bool) -> None:
+    """FLS episodes: CT-found fractures referred by the nurses, and referrals from
+    elsewhere, each on the pathway of its month (before or after the QI change)."""
+    p, rng, seed = d.p, d.rng, d.seed
+    key_secret = d.secret
+    read1, known, action, read_day = (d.a[k] for k in ("read1", "known", "action", "read_day"))
+    sdate, month_i, pat_of = d.a["sdate"], d.a["month_i"], d.a["pat_of"]
+    first_day, span, last = d.a["first_day"], d.a["span"], d.a["last"]
+    patient_rows, study_rows = d.rows["patients"], d.rows["studies"]
     ep_rows: list[dict[str, Any]] = []
     cutoff_day = last + 30
     if with_fls:
@@ -465,11 +524,16 @@ def populate(
             ep_rows.append(_episode(rng, pathway, seed, len(ep_rows), day, day, cutoff_day, None,
                                     key, None, site))
 
-    truth_df = pd.DataFrame({
-        "study_id": np.arange(1, n_s + 1), "eligible": eligible, "fracture": truth,
-        "ai_flagged": flag0, "in_worklist": in_wl,
-        "stratum": np.where(flag0, "flagged", np.where(audit, "audit_negative", None)),
-    })
+    d.rows["fls_episodes"] = ep_rows
+def _write(engine: Engine, d: _Draw, chunk: int) -> dict[str, int]:
+    """Insert every drawn row (series before the chosen-series update), then corrections."""
+    rows = d.rows
+    rng = d.rng
+    corrections = d.a["corrections"]
+    patient_rows, study_rows, series_rows = rows["patients"], rows["studies"], rows["series"]
+    run_rows, screening_rows = rows["screening_runs"], rows["screenings"]
+    wl_rows, ev_rows, ep_rows = (rows["worklist_items"], rows["adjudication_events"],
+                                 rows.get("fls_episodes", []))
     counts: dict[str, int] = {}
     with engine.begin() as conn:
         for table, rows in ((S.Patient.__table__, patient_rows), (S.Study.__table__, study_rows),
@@ -492,9 +556,7 @@ def populate(
                      for e in corrections]
             _insert(conn, S.AdjudicationEvent.__table__, fixed, chunk)
             counts["adjudication_events"] += len(fixed)
-    seconds = time.perf_counter() - t0
-    log.info("simulated service rows written: %s in %.1f s", counts, seconds)
-    return SimulationResult(truth_df, counts, seconds)
+    return counts
 
 
 def _pathway_for(p: ServiceParams, month: int) -> FlsPathway:
