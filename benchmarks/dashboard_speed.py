@@ -1,6 +1,6 @@
 """How fast the QI dashboard is at hospital scale (default: 500,000 screened studies).
 
-Writes a fixture site (``fracture_qi.reporting.fixtures``: realistic rows straight into
+Writes a fixture site (``fracture_qi.simulation``: realistic rows straight into
 SQLite, two AI models) and measures, in one process:
 
 * ``populate_s``: writing the rows (not a dashboard figure; for orientation);
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fracture_qi.dashboards.app import QIDashboard
     from fracture_qi.dashboards.cube import cube_from_engine
-    from fracture_qi.reporting.fixtures import make_fixture_site
+    from fracture_qi.simulation import make_fixture_site
     from fracture_qi.store import open_store
 
     folder = args.folder or Path(tempfile.mkdtemp(prefix="fqi-dash-bench-"))

@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/load_analysis_speed.py [--studies 500000] [--db PATH]
 
-Populates a SQLite database with fracture_qi.outcomes.simulate.populate (once; reused when
+Populates a SQLite database with fracture_qi.simulation.populate (once; reused when
 --db exists), then times load_analysis, headline_summary, a stratified table and a monthly
 p-chart. Prints one line per step.
 """
@@ -13,8 +13,8 @@ import argparse
 import time
 from pathlib import Path
 
-from fracture_qi.outcomes.dataset import load_analysis
-from fracture_qi.outcomes.simulate import populate
+from fracture_qi.outcomes.readmodel import load_analysis
+from fracture_qi.simulation import populate
 from fracture_qi.qi.monthly import monthly_ppv
 from fracture_qi.qi.report import headline_summary
 from fracture_qi.qi.spc import p_chart

@@ -15,7 +15,6 @@ See docs/manifest.md for every key.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from fracture_qi.config import settings
 from fracture_qi.errors import ManifestError, PseudonymisationKeyError
+from fracture_qi.integrity import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,29 @@ class AdjudicationConfig(_Strict):
     seed: int | None = Field(None, description="sampling seed (reproducible worklists)")
 
 
+class QiChange(_Strict):
+    """A change to the service, from which SPC limits are recalculated."""
+
+    date: dt.date
+    label: str = Field("QI change", max_length=120)
+    rebase: bool = Field(
+        False, description="recalculate SPC limits from this date (Making Data Count: only "
+        "once a sustained shift with a known cause is seen); otherwise the change is annotated")
+
+
+class FlsConfig(_Strict):
+    """What the FLS-DB KPIs and the SPC charts need to know about the service."""
+
+    expected_caseload_per_year: int | None = Field(
+        None, ge=1,
+        description="expected fragility fractures a year in the FLS's catchment (the local "
+        "estimate FLS-DB supplies); the denominator of KPI 2, identification")
+    changes: list[QiChange] = Field(
+        default_factory=list,
+        description="QI changes (date, label): SPC charts recalculate their limits from each "
+        "and annotate it, in the dashboard and the audit")
+
+
 Sensitivity = Literal["identifiable", "pseudonymous", "publishable"]
 
 
@@ -491,6 +514,7 @@ class Manifest(_Strict):
     model: ModelConfig = ModelConfig()
     screening: ScreeningConfig = ScreeningConfig()
     adjudication: AdjudicationConfig = AdjudicationConfig()
+    fls: FlsConfig = FlsConfig()
     outputs: OutputsConfig = OutputsConfig()
     truth: TruthConfig | None = None
     listener: ListenerConfig | None = None
@@ -775,15 +799,6 @@ def _translate(err: ValidationError, manifest: Path) -> ManifestError:
                "chmod-600 file and write env:VARNAME or file:/path here (docs/manifest.md); "
                "if the manifest was shared or committed, change the secret")
     return ManifestError(field, shown, problem, fix, manifest)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve(m: Manifest, base: Path) -> None:

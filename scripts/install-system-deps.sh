@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the tests drive for real: Chromium (Voila pages, through Playwright),
-# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database), and
-# dicom3tools (dciodvfy validates the DICOM results the suite sends to the PACS).
+# Orthanc with its DICOMweb plugin (the PACS), PostgreSQL (the second database),
+# dicom3tools (dciodvfy validates the DICOM results the suite sends to the PACS) and
+# poppler-utils (pdftoppm renders the conference pack's PDF; pdftotext lets the identifier
+# scan read it).
 # Idempotent: installs only what is missing. Needs root (or sudo) on Debian/Ubuntu.
 set -euo pipefail
 need=()
@@ -10,8 +12,9 @@ command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
 if [ ${#need[@]} -eq 0 ]; then
-  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql, dicom3tools)"
+  echo "system packages: all present (chromium, orthanc, orthanc-dicomweb, postgresql, dicom3tools, poppler-utils)"
   exit 0
 fi
 SUDO=""

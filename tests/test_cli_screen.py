@@ -204,11 +204,11 @@ def test_manifest_index_screen_export_match_folder_mode(
         assert tuple(cols) == columns
         assert _rows_without_seconds(tmp_path / "exp" / name) == \
             _rows_without_seconds(tmp_path / "dir" / name), name
-    # the database mode stored key images only where the model drew one (not this model)
+    # a model with no results is a mistake to name, not an empty export
     assert main(["export", "--manifest", str(manifest), "--out", str(tmp_path / "exp2"),
-                 "--model-id", "no-such-model"]) == 0
-    _, rows = read_csv(tmp_path / "exp2" / "studies.csv")
-    assert all(r["status"] != "ok" for r in rows)  # nothing screened by that model
+                 "--model-id", "no-such-model"]) == 2
+    assert "no screening results" in capsys.readouterr().err
+    assert not (tmp_path / "exp2" / "studies.csv").exists()
 
 
 @pytest.mark.realdata

@@ -8,14 +8,9 @@ import pandas as pd
 import pytest
 
 from fracture_qi.errors import FractureQIError
-from fracture_qi.outcomes.dataset import (
-    EPISODE_COLUMNS,
-    READ_COLUMNS,
-    STUDY_COLUMNS,
-    load_analysis,
-    load_reads,
-)
-from fracture_qi.outcomes.simulate import SimulationParams, populate
+from fracture_qi.outcomes.dataset import EPISODE_COLUMNS, READ_COLUMNS, STUDY_COLUMNS
+from fracture_qi.outcomes.readmodel import load_analysis, load_reads
+from fracture_qi.simulation import SimulationParams, populate
 from fracture_qi.store.db import connect, session_scope
 from fracture_qi.store.schema import AdjudicationEvent, Base, Patient, Study
 
@@ -25,7 +20,7 @@ def sim(tmp_path_factory):
     path = tmp_path_factory.mktemp("qi") / "sim.db"
     eng = connect(f"sqlite:///{path}")
     Base.metadata.create_all(eng)
-    truth = populate(eng, 6000, seed=5)
+    truth = populate(eng, 6000, seed=5).truth
     yield eng, truth
     eng.dispose()
 

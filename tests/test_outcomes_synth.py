@@ -25,7 +25,7 @@ def cohort(tmp_path_factory):
 
 def test_import_synthetic_fls_records(cohort, monkeypatch, capsys):
     from fracture_qi.manifest import read_manifest
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.report import format_summary, headline_summary
     from fracture_qi.store import open_store, session_scope
 

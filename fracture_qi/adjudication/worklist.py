@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 
 from fracture_qi.adjudication.sampling import AUDIT_NEGATIVE, DOUBLE_READ, check_rate, is_sampled
 from fracture_qi.errors import ConfigError
+from fracture_qi.screening.counting import ModelRef, counted_join, resolve_model
 from fracture_qi.store.db import session_factory
 from fracture_qi.store.schema import (
     AdjudicationEvent,
@@ -39,7 +40,6 @@ from fracture_qi.store.schema import (
     Instance,
     Patient,
     Screening,
-    Series,
     Study,
     VertebraFinding,
     WorklistItem,
@@ -144,26 +144,13 @@ def as_utc(t: dt.datetime | None) -> dt.datetime | None:
     return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(dt.timezone.utc)
 
 
-def _screenings_of_chosen_series(model_id: str | None, model_version: str | None) -> Any:
-    """SELECT (study id, study uid, screening id, flagged) for the newest ok screening per study."""
-    chosen = or_(Series.id == Study.chosen_series_id, Series.chosen.is_(True))
-    cond = [Screening.status == "ok", Study.eligible.is_(True), chosen]
-    if model_id:
-        cond.append(Screening.model_id == model_id)
-    if model_version:
-        cond.append(Screening.model_version == model_version)
-    newest = (
-        select(Study.id.label("study_id"), func.max(Screening.id).label("screening_id"))
-        .join(Series, Series.study_id == Study.id)
-        .join(Screening, Screening.series_id == Series.id)
-        .where(*cond)
-        .group_by(Study.id)
-        .subquery()
-    )
+def _counted_ok_screenings(model: ModelRef | None) -> Any:
+    """SELECT (study id, study uid, screening id, flagged): each eligible study's counted
+    result for *model* (:mod:`fracture_qi.screening.counting`), where it is ``ok``."""
     return (
         select(Study.id, Study.study_instance_uid, Screening.id, Screening.flagged)
-        .join(newest, newest.c.study_id == Study.id)
-        .join(Screening, Screening.id == newest.c.screening_id)
+        .join(Screening, counted_join(model))
+        .where(Screening.status == "ok", Study.eligible.is_(True))
         .order_by(Study.id)
     )
 
@@ -187,8 +174,10 @@ def build_worklist(
     settings
         Sampling rates (defaults: 10% of negatives, 20% double read).
     model_id, model_version
-        Use this model's screenings; by default the newest successful screening of each
-        eligible study's chosen series.
+        Whose results to use (``model_version`` alone is ignored; with only *model_id*, its
+        current version); by default the default model of
+        :mod:`fracture_qi.screening.counting`, so the worklist, the export, the audit and
+        the dashboard count the same result for every study.
 
     Returns
     -------
@@ -198,8 +187,10 @@ def build_worklist(
     s = settings or AdjudicationSettings()
     if not audit or len(audit) > 100:
         raise ConfigError(f"audit name {audit!r}: use 1-100 characters, e.g. 'default' or '2026-q3'")
+    model = (resolve_model(engine, f"{model_id}:{model_version}" if model_version else model_id)
+             if model_id else resolve_model(engine))
     with engine.connect() as conn:
-        rows = conn.execute(_screenings_of_chosen_series(model_id, model_version)).all()
+        rows = conn.execute(_counted_ok_screenings(model)).all()
         existing = set(conn.execute(
             select(WorklistItem.study_id).where(WorklistItem.audit_name == audit)).scalars())
     new_rows: list[dict[str, Any]] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,9 +18,13 @@ SPC over time, conference pack) with papermill into one run folder:
   REPORT/html/*.html         the same without code, for readers
   REPORT/tables/*.csv        byte-stable tables (same inputs -> same bytes)
   REPORT/figures/*.html/png  interactive and static figures
+  REPORT/slides/             the conference pack: conference-pack.pptx and .pdf
   REPORT/provenance.json     parameters, code version, package versions, input and
-                             database hashes, times
+                             database hashes, who ran it where and how, times; it
+                             carries its own SHA-256 (also kept in the database), so an
+                             edit is noticed by --verify
 
+An audit reads the database; it screens nothing unless asked (-p screen true).
 Publication mode (the default) suppresses small numbers in every table and figure, needs
 the pseudonymisation key, and scans every output file for patient identifiers held in the
 database; a hit fails the run. --internal gives exact numbers (never published).
@@ -32,8 +37,8 @@ EPILOG = """\
 examples:
   fracture-qi audit --manifest site.yaml --out reports/2025-q1 \\
       -p period_start 2025-01-01 -p period_end 2025-03-31
-  fracture-qi audit --manifest site.yaml --out reports/north -p sites "North General" -p screen false
-  fracture-qi audit --manifest site.yaml --out reports/gpu -p device cuda -p batch_size 8
+  fracture-qi audit --manifest site.yaml --out reports/north -p sites "North General"
+  fracture-qi audit --manifest site.yaml --out reports/gpu -p screen true -p device cuda
   fracture-qi audit --verify reports/2025-q1          # rerun and compare
   fracture-qi audit --help-parameters                 # list every parameter
 
@@ -97,9 +102,14 @@ def run(args: argparse.Namespace) -> int:
             raise ReportError(f"parameter {key!r} given twice (-p {key} ...); give it once")
         params[key] = value
     # a bad parameter, folder or manifest raises here: main() prints it and exits 2
+    command = shlex.join(
+        ["fracture-qi", "audit", "--manifest", str(args.manifest), "--out", str(args.out)]
+        + [x for k, v in args.parameter for x in ("-p", k, v)]
+        + ([] if args.publish else ["--internal"])
+        + (["--notebooks", *args.notebooks] if args.notebooks else []))
     result = run_audit(args.manifest, args.out, params, args.publish,
                        notebooks=args.notebooks, overwrite=args.overwrite, jobs=args.jobs,
-                       progress=True, raise_on_failure=False)
+                       progress=True, raise_on_failure=False, command=command)
     print(result.summary())
     if result.status != "ok":
         print(f"fracture-qi audit: error: {result.error}", file=sys.stderr)

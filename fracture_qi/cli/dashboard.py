@@ -46,7 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--internal", action="store_true",
                    help="show exact counts (nurse-facing; never for publication)")
     p.add_argument("--change-date", default="",
-                   help="QI change date YYYY-MM-DD: SPC limits are split there")
+                   help="QI change date YYYY-MM-DD: SPC limits are recalculated from its month "
+                        "(changes recorded in the manifest's fls.changes are annotated "
+                        "anyway)")
+    p.add_argument("--change-label", default="QI change",
+                   help="what changed on --change-date (shown on the charts)")
     p.add_argument("--no-warm", action="store_true",
                    help="do not build the aggregate cube before serving")
     p.add_argument("--refresh", action="store_true",
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         ENV_MANIFEST: str(manifest),
         "FRACTURE_QI_DASHBOARD_MODE": mode,
         "FRACTURE_QI_CHANGE_DATE": args.change_date,
+        "FRACTURE_QI_CHANGE_LABEL": args.change_label,
     }
     return serve_notebook(notebook, port=args.port, host=args.host, token=token, env=env,
                           open_browser=args.open, max_kernels=args.max_kernels,

@@ -18,8 +18,12 @@ DESCRIPTION = """\
 Generate a synthetic hospital cohort (CT series with planted vertebral fractures of known grade,
 FLS records, truth tables), then run every stage on it: index, screen, worklist, simulated nurse
 adjudications (clearly marked as simulated), FLS record import, and the audit notebooks with the
-conference pack. Prints the funnel and KPIs, where every output is, and the commands that open
-the QI dashboard and the adjudication app."""
+conference pack (slides as PPTX and PDF). Beside it, write a clearly labelled SIMULATED SERVICE
+HISTORY of a mid-sized trust (two years, tens of thousands of CTs, two AI models, nurse reads,
+FLS episodes, a QI change part-way through) and audit it too, so the dashboard and the pack show
+what a QI lead sees: SPC signals, a funnel without suppression gaps, KPI bands. Prints the funnel
+and KPIs, where every output is (the slides first), and the commands that open the QI dashboard
+and the adjudication app."""
 
 
 def add_parser(sub: Any) -> None:
@@ -35,6 +39,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=7, metavar="S", help="random seed (default 7)")
     p.add_argument("--fresh", action="store_true", help="delete OUT first and start from nothing")
     p.add_argument("--workers", type=int, default=None, help="decode workers for screening")
+    p.add_argument("--history-studies", type=int, default=30_000, metavar="N",
+                   help="CT studies in the simulated service history (default 30000; 0: none)")
     p.set_defaults(func=run)
 
 
@@ -64,19 +70,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"== synthetic cohort: reusing {cohort} (--fresh to regenerate)")
     else:
         _step(
-            "1/7 synthetic cohort",
+            "1/8 synthetic cohort",
             ["synth", str(cohort), "--patients", str(args.patients), "--seed", str(args.seed),
              "--fast", "--overwrite"],
         )
     m = str(manifest)
-    _step("2/7 index: header scan and eligibility", ["index", "--manifest", m])
+    _step("2/8 index: header scan and eligibility", ["index", "--manifest", m])
     screen = ["screen", "--manifest", m]
     if args.workers:
         screen += ["--workers", str(args.workers)]
-    _step("3/7 screen: vertebral morphometry and Genant grades", screen)
-    _step("4/7 worklist: flagged + audit sample of negatives + double reads", ["worklist", "--manifest", m])
+    _step("3/8 screen: vertebral morphometry and Genant grades", screen)
+    _step("4/8 worklist: flagged + audit sample of negatives + double reads", ["worklist", "--manifest", m])
 
-    print("\n== 5/7 adjudication: SIMULATED nurse decisions (synthetic demo only)", flush=True)
+    print("\n== 5/8 adjudication: SIMULATED nurse decisions (synthetic demo only)", flush=True)
     from fracture_qi.adjudication.simulate import simulate_adjudications
     from fracture_qi.manifest import read_manifest
     from fracture_qi.store import open_store
@@ -86,23 +92,54 @@ def run(args: argparse.Namespace) -> int:
     sim = simulate_adjudications(engine, cohort / "truth")
     print(f"   {sim}", flush=True)
 
-    _step("6/7 FLS records: validate and link", ["import-fls", "--manifest", m])
+    _step("6/8 FLS records: validate and link", ["import-fls", "--manifest", m])
     _step(
-        "7/7 audit notebooks and conference pack (publication mode)",
-        ["audit", "--manifest", m, "--out", str(reports / "demo"), "--overwrite"],
+        "7/8 audit notebooks and conference pack (publication mode)",
+        ["audit", "--manifest", m, "--out", str(reports / "demo"), "--overwrite", "--jobs", "2"],
     )
+    history = out / "service"
+    hm = history / "data_manifest.yaml"
+    if args.history_studies:
+        print("\n== 8/8 SIMULATED SERVICE HISTORY of a mid-sized trust (synthetic demo data)",
+              flush=True)
+        if hm.exists():
+            print(f"   reusing {history} (--fresh to regenerate)")
+        else:
+            from fracture_qi.simulation import make_service_history
+
+            t0 = time.perf_counter()
+            make_service_history(history, studies=args.history_studies, seed=args.seed + 12)
+            print(f"   {args.history_studies} CT studies, two AI models, a QI change in month "
+                  f"13, written in {time.perf_counter() - t0:.1f} s", flush=True)
+        _step("8/8 audit of the simulated service history (publication mode)",
+              ["audit", "--manifest", str(hm), "--out", str(history / "reports" / "history"),
+               "--overwrite", "--jobs", "2"])
 
     _print_summary(engine)
     keyimages = man.output_dir("keyimages")
+    slides = reports / "demo" / "slides"
+    hslides = history / "reports" / "history" / "slides"
+    extra = ""
+    if args.history_studies:
+        extra = f"""
+  SIMULATED service history    {hm}
+  its audit run (publication)  {history / 'reports' / 'history'}"""
     print(f"""
 == done in {time.perf_counter() - t_start:.0f} s
+slides (conference pack, PPTX and PDF):
+  screened cohort              {slides / 'conference-pack.pptx'}
+                               {slides / 'conference-pack.pdf'}""" + (f"""
+  simulated service history    {hslides / 'conference-pack.pptx'}
+                               {hslides / 'conference-pack.pdf'}""" if args.history_studies else "")
+          + f"""
 outputs:
   cohort, truth and manifest   {cohort}
   database                     {man.database_url}
   key images                   {keyimages}
-  audit run (publication)      {reports / 'demo'}   (html/, tables/, figures/, provenance.json)
+  audit run (publication)      {reports / 'demo'}   (html/, tables/, figures/, slides/, provenance.json){extra}
 next:
-  QI dashboard                 fracture-qi dashboard --manifest {m}
+  QI dashboard                 fracture-qi dashboard --manifest {hm if args.history_studies else m}
+  (the screened cohort)        fracture-qi dashboard --manifest {m}
   adjudication app             fracture-qi adjudicate --manifest {m} --reviewer YOUR.NAME
   rerun and compare the audit  fracture-qi audit --verify {reports / 'demo'}
 """)
@@ -110,7 +147,7 @@ next:
 
 
 def _print_summary(engine: Any) -> None:
-    from fracture_qi.outcomes.dataset import load_analysis
+    from fracture_qi.outcomes.readmodel import load_analysis
     from fracture_qi.qi.report import format_summary, headline_summary
 
     data = load_analysis(engine)

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 DESCRIPTION = """\
-Write the latest screening results in the manifest's database as DIR/studies.csv (one row
+Write the screening results in the manifest's database as DIR/studies.csv (one row
 per indexed series and one per unusable file) and DIR/vertebrae.csv (one row per assessed
 vertebra), with exactly the columns 'fracture-qi screen PATH... --out DIR' writes, so
 scripts read both the same way. These files hold study and series UIDs: they are
@@ -17,8 +17,9 @@ examples:
   fracture-qi export --manifest demo/data_manifest.yaml --out /tmp/results
   fracture-qi export --manifest site.yaml --out out/ --model-id acme-spine --model-version 3.2
 
-by default the model of the most recent screening is exported; series it has not screened
-yet are left out (and counted). exit status: 0 when the files were written; 2 when the
+by default the default model is exported (the one with the most results; the same model the
+worklist, the audit and the dashboard count: docs/measures.md, "Which result counts"); series
+it has not screened yet are left out (and counted). exit status: 0 when the files were written; 2 when the
 manifest or database could not be opened."""
 
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--model-id", default=None, help="export this model's results")
     p.add_argument("--model-version", default=None,
-                   help="with --model-id: this version (default: its latest)")
+                   help="with --model-id: this version (default: its current one)")
     p.set_defaults(func=run)
     return p
 

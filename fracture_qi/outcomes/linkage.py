@@ -68,6 +68,10 @@ EPISODE_COLUMNS = {
     "therapy_start_date": "therapy_start_date",
     "adherent_52w": "adherent_52w",
     "death_date": "death_date",
+    "index_fracture_site": "index_fracture_site",
+    "falls_assessment_date": "falls_assessment_date",
+    "strength_balance_date": "strength_balance_date",
+    "followup_date": "followup_date",
 }
 
 

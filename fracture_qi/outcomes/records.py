@@ -60,6 +60,10 @@ DRUGS = (
     "strontium",
     "calcitriol",
 )
+#: index fracture sites recorded by the FLS (FLS-DB fracture site groups), lower case
+FRACTURE_SITES = ("spine", "hip", "wrist", "humerus", "pelvis", "other")
+_SITE_ALIASES = {"vertebral": "spine", "vertebra": "spine", "femur": "hip",
+                 "distal radius": "wrist", "radius": "wrist", "shoulder": "humerus"}
 _DRUG_ALIASES = {
     "alendronic acid": "alendronate",
     "risedronate sodium": "risedronate",
@@ -194,6 +198,32 @@ FLS_SCHEMA: tuple[FieldSpec, ...] = (
         description="still taking therapy at 52 weeks (blank if not yet known)",
     ),
     FieldSpec("death_date", "date", aliases=("date_of_death",), description="date of death"),
+    FieldSpec(
+        "index_fracture_site",
+        "category",
+        allowed=FRACTURE_SITES,
+        aliases=("fracture_site", "index_fracture"),
+        description="site of the index fracture (FLS-DB: spine, hip, ...; spine for a "
+        "CT-identified vertebral fracture)",
+    ),
+    FieldSpec(
+        "falls_assessment_date",
+        "date",
+        aliases=("falls_date",),
+        description="date of the falls risk assessment, or of the referral to a falls service",
+    ),
+    FieldSpec(
+        "strength_balance_date",
+        "date",
+        aliases=("exercise_start_date",),
+        description="date a strength and balance exercise programme started",
+    ),
+    FieldSpec(
+        "followup_date",
+        "date",
+        aliases=("monitoring_date", "followup_16w_date"),
+        description="date of the first follow-up (monitoring) contact after the assessment",
+    ),
 )
 SCHEMA_BY_NAME = {f.name: f for f in FLS_SCHEMA}
 _ALIASES = {a: f.name for f in FLS_SCHEMA for a in (f.name, *f.aliases)}
@@ -370,7 +400,8 @@ def _parse(spec: FieldSpec, v: Any) -> tuple[Any, tuple[str, str] | None]:
         return x, None
     if spec.type == "category":
         s = str(v).strip().lower()
-        s = _DRUG_ALIASES.get(s, s) if spec.name == "drug" else s
+        aliases = {"drug": _DRUG_ALIASES, "index_fracture_site": _SITE_ALIASES}.get(spec.name, {})
+        s = aliases.get(s, s)
         if s in spec.allowed:
             return s, None
         return None, (
@@ -616,6 +647,9 @@ def date_problems(
                 ("fls_assessment_date", "assessment_after_death", 0),
                 ("dxa_date", "dxa_after_death", 0),
                 ("therapy_start_date", "therapy_after_death", 0),
+                ("falls_assessment_date", "falls_assessment_after_death", 0),
+                ("strength_balance_date", "strength_balance_after_death", 0),
+                ("followup_date", "followup_after_death", 0),
                 ("referral_date", "referral_after_death", 30),
             ):
                 d = get[c]

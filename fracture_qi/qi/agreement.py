@@ -1,7 +1,8 @@
 """Agreement: Cohen's kappa, AI versus nurse and nurse versus nurse, with intervals.
 
-Kappa and its asymptotic standard error come from ``statsmodels.stats.inter_rater.
-cohens_kappa`` (Fleiss, Cohen & Everitt 1969); the interval is ``kappa +/- z * se``.
+Kappa and its asymptotic standard error (Fleiss, Cohen & Everitt 1969) are computed from the
+contingency table by :func:`kappa_from_table` (the arithmetic of statsmodels'
+``cohens_kappa``, checked against it in the tests); the interval is ``kappa +/- z * se``.
 Grades (Genant 0-3) use a **weighted** kappa (linear weights by default: the credit for a
 disagreement falls in proportion to the number of grades between the two ratings).
 
@@ -20,6 +21,7 @@ Studies compared:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-# scipy and statsmodels are imported where used (import cost: see proportions.py)
+from fracture_qi.qi.proportions import z_value
 
 logger = logging.getLogger(__name__)
 
@@ -122,27 +124,61 @@ def kappa(
     nan = float("nan")
     if n < 2:
         return KappaResult(nan, nan, nan, nan, n, nan, nan, weights, table)
-    k = len(cats)
-    if weights is None:
-        wmat = np.eye(k)
-    else:
-        d = np.abs(np.subtract.outer(np.arange(k), np.arange(k))) / max(k - 1, 1)
-        wmat = 1 - (d if weights == "linear" else d**2)
-    p = t / n
-    po = float((wmat * p).sum())
-    pe = float((wmat * np.outer(p.sum(1), p.sum(0))).sum())
-    if np.isclose(pe, 1.0):
-        return KappaResult(nan, nan, nan, nan, n, po, pe, weights, table)
-    from scipy.stats import norm
-    from statsmodels.stats.inter_rater import cohens_kappa
+    res = kappa_from_table(t, weights=weights, confidence=confidence)
+    return KappaResult(res.kappa, res.low, res.high, res.se, n, res.observed, res.expected,
+                       weights, table)
 
-    res = cohens_kappa(t, wt=weights, return_results=True)
-    se = float(res.std_kappa)
-    z = float(norm.ppf(0.5 + confidence / 2))
-    kap = float(res.kappa)
-    return KappaResult(
-        kap, max(-1.0, kap - z * se), min(1.0, kap + z * se), se, n, po, pe, weights, table
-    )
+
+def weight_matrix(k: int, weights: Weights) -> np.ndarray:
+    """Agreement weights ``1 - |i-j|/(k-1)`` (linear), ``1 - (|i-j|/(k-1))^2`` (quadratic)
+    or the identity (unweighted)."""
+    if weights is None:
+        return np.eye(k)
+    if weights not in ("linear", "quadratic"):
+        raise ValueError(f"weights={weights!r}: use None, 'linear' or 'quadratic'")
+    d = np.abs(np.subtract.outer(np.arange(k), np.arange(k))) / max(k - 1, 1)
+    return 1 - (d if weights == "linear" else d**2)
+
+
+def kappa_from_table(table: np.ndarray | Sequence[Sequence[float]], *, weights: Weights = None,
+                     confidence: float = 0.95) -> KappaResult:
+    """Cohen's kappa and its asymptotic standard error from a square contingency table.
+
+    The variance is Fleiss, Cohen & Everitt's (1969) large-sample formula, as SAS and
+    statsmodels' ``cohens_kappa`` compute it (unweighted and weighted); written in numpy so
+    that an aggregate table (the dashboard's cube) gives the audit's kappa without
+    statsmodels (``tests/test_qi_measures.py`` checks the two agree).
+
+    Examples
+    --------
+    >>> r = kappa_from_table([[40, 10], [10, 40]])
+    >>> round(r.kappa, 3), round(r.observed, 2)
+    (0.6, 0.8)
+    """
+    t = np.asarray(table, dtype=float)
+    k = t.shape[0]
+    nan = float("nan")
+    frame = pd.DataFrame(t)
+    n = float(t.sum())
+    if n < 2:
+        return KappaResult(nan, nan, nan, nan, int(n), nan, nan, weights, frame)
+    w = weight_matrix(k, weights)
+    p = t / n
+    row, col = p.sum(1), p.sum(0)
+    expected = np.outer(row, col)
+    po = float((w * p).sum())
+    pe = float((w * expected).sum())
+    if np.isclose(pe, 1.0):
+        return KappaResult(nan, nan, nan, nan, int(n), po, pe, weights, frame)
+    kap = (po - pe) / (1 - pe)
+    w_row = (col * w).sum(1)  # weighted column marginal seen from each row category
+    w_col = (row[:, None] * w).sum(0)
+    term = (p * (w - (w_col[None, :] + w_row[:, None]) * (1 - kap)) ** 2).sum()
+    var = (term - (kap - pe * (1 - kap)) ** 2) / ((1 - pe) ** 2 * n)
+    se = math.sqrt(max(var, 0.0))
+    z = z_value(confidence)
+    return KappaResult(float(kap), max(-1.0, kap - z * se), min(1.0, kap + z * se), se, int(n),
+                       po, pe, weights, frame)
 
 
 def ai_vs_nurse(

@@ -1,133 +1,299 @@
-"""FLS key performance indicators in the style of the national FLS audit (FLS-DB).
+"""The FLS-DB key performance indicators: the Royal College of Physicians' eleven.
 
 Computed over ``AnalysisData.episodes`` (one row per FLS episode, CT-linked or not). The
 *index date* is the date the fracture was identified: the linked CT's date, else the
-referral date. A KPI with a time window only counts patients whose window has fully passed
-by the data cut-off (so recent patients do not drag a rate down), and leaves out patients
-who died inside the window without the event.
+referral date. A KPI with a time window counts only episodes whose window has passed by the
+data cut-off (so recent patients do not drag a rate down), and leaves out patients who died
+inside the window without the event. Definitions follow the FLS-DB KPI list (RCP, "FLS-DB
+improvement repository"); where this suite's records cannot follow it exactly the
+difference is said (``docs/measures.md`` section 7 has the full table).
 
-==========================  ====================================  ===============================
-KPI                         numerator                             denominator
-==========================  ====================================  ===============================
-spine_identification        episodes whose index fracture is a    all episodes in the period
-                            CT-identified vertebral fracture
-assessed_90d                FLS assessment <= 90 days after the   episodes with 90 days of
-                            index date                            follow-up
-dxa_90d                     DXA <= 90 days after the index date   episodes with 90 days of
-                                                                  follow-up
-therapy_recommended         therapy recommended                   episodes assessed
-started_16w                 therapy started <= 112 days after     episodes with therapy
-                            the index date                        recommended and 112 days of
-                                                                  follow-up
-adherent_52w                recorded adherent at 52 weeks         episodes started on therapy
-                                                                  with 52 weeks since the start
-data_completeness           every applicable key field recorded   all episodes in the period
-                            (see :func:`completeness`)
-==========================  ====================================  ===============================
+====  ======================  ==========================================  =====================================
+KPI   key                     numerator                                   denominator
+====  ======================  ==========================================  =====================================
+1     data_completeness       key fields with at most 20 % missing        key fields (:data:`COMPLETENESS_FIELDS`);
+                                                                          good: fewer than 5 fields > 20 % missing
+2     identification          FLS episodes in the period                  expected caseload of the period (local
+                                                                          estimate per year x years in the period)
+3     spine_identification    index fracture is a spine fracture          all episodes
+4     assessed_90d            FLS assessment <= 90 days after index       episodes with 90 days' follow-up
+5     dxa_90d                 DXA <= 90 days after index                  episodes with 90 days' follow-up
+6     falls_assessment        falls assessment (or referral) recorded     episodes with 90 days' follow-up
+7     therapy_recommended     bone therapy recommended                    episodes with 90 days' follow-up
+8     strength_balance_16w    strength and balance training started       non-hip episodes with 16 weeks'
+                              <= 16 weeks (112 days) after index          follow-up
+9     followup_16w            follow-up contact <= 16 weeks after index   recommended, 16 weeks' follow-up
+10    started_16w             therapy started <= 16 weeks after index     recommended, 16 weeks' follow-up
+                              (treatment started by follow-up)
+11    adherent_52w            recorded adherent at 52 weeks               recommended, 52 weeks' follow-up
+====  ======================  ==========================================  =====================================
 
-Bands: IOF Capture the Fracture (<50 % red, 50-80 % amber, >80 % green); the spine KPI is
-green above 20 % (FLS-DB). National averages (FLS-DB 2019, ANATOMY.md section 6) are given
-for reference.
+Bands: IOF Capture the Fracture (<50 % red, 50-80 % amber, >80 % green); treatment
+recommendation a single 50 % level (IOF); spinal fracture identification its own bands
+(<10 % red, 10-20 % amber, >20 % green; FLS-DB: green above 20 %); data completeness "good"
+or "not good" (FLS-DB). National averages: FLS-DB 2019 data (ANATOMY.md section 6).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fracture_qi.qi.proportions import proportion, wilson_interval
-from fracture_qi.qi.suppression import Mode, format_count, publishable_percent, rounded_count
-
 logger = logging.getLogger(__name__)
 
-#: kpi -> (label, national average % (FLS-DB 2019) or None, green threshold %)
-KPI_INFO: dict[str, tuple[str, float | None, float]] = {
-    "spine_identification": ("Spine fractures among FLS patients", 17.9, 20.0),
-    "assessed_90d": ("FLS assessment within 90 days", 70.0, 80.0),
-    "dxa_90d": ("DXA within 90 days", 46.8, 80.0),
-    "therapy_recommended": ("Bone therapy recommended (of assessed)", 52.5, 80.0),
-    "started_16w": ("Therapy started within 16 weeks (of recommended)", None, 80.0),
-    "adherent_52w": ("Adherent at 52 weeks (of started)", 20.8, 80.0),
-    "data_completeness": ("Key fields complete", None, 80.0),
-}
+#: days of follow-up for the 90-day KPIs (FLS-DB KPIs 4-5)
+WINDOW_90D = 90
+#: 16 weeks (FLS-DB KPIs 8-10)
+WINDOW_16W = 112
+#: 52 weeks (FLS-DB KPI 11)
+WINDOW_52W = 364
+#: FLS-DB KPI 1: a key field is poorly completed when more than this share is missing ...
+COMPLETENESS_MISSING_MAX = 0.20
+#: ... and completeness is good when fewer than this many key fields are
+COMPLETENESS_MAX_POOR_FIELDS = 5
+#: where the national averages come from
+NATIONAL_SOURCE = ("FLS-DB national average, 2019 data (RCP FLS-DB benchmarks 2019, "
+                   "www.fffap.org.uk; ANATOMY.md section 6)")
+NATIONAL_YEAR = 2019
+
+
+@dataclass(frozen=True)
+class KpiDef:
+    """One KPI: what it counts, how it is banded, what the country achieved.
+
+    Attributes
+    ----------
+    key, number
+        Short name and FLS-DB KPI number (0 for the service's own measures).
+    label
+        As shown in tables.
+    numerator, denominator
+        Plain-language definitions (shown beside the figure).
+    bands
+        ``iof``, ``spine``, ``recommend``, ``completeness`` or ``""`` (none).
+    national
+        FLS-DB 2019 national average (%) or None.
+    improvement
+        ``"up"`` when higher is better (every KPI here).
+    """
+
+    key: str
+    number: int
+    label: str
+    numerator: str
+    denominator: str
+    bands: str
+    national: float | None
+    improvement: str = "up"
+
+    @property
+    def target(self) -> float | None:
+        """The green threshold (%) as an SPC target."""
+        return {"iof": 80.0, "spine": 20.0, "recommend": 50.0}.get(self.bands)
+
+
+KPIS: tuple[KpiDef, ...] = (
+    KpiDef("data_completeness", 1, "Data completeness",
+           "key fields with at most 20% missing", "key fields recorded by the service",
+           "completeness", None),
+    KpiDef("identification", 2, "Identification: all fragility fractures",
+           "FLS patients identified in the period",
+           "expected caseload of the period (local estimate)", "iof", 37.1),
+    KpiDef("spine_identification", 3, "Identification: spinal fractures",
+           "patients whose index fracture is a spine fracture", "all FLS patients", "spine",
+           17.9),
+    KpiDef("assessed_90d", 4, "FLS assessment within 90 days",
+           "assessed by the FLS within 90 days of the fracture",
+           "patients with 90 days' follow-up", "iof", 70.0),
+    KpiDef("dxa_90d", 5, "DXA within 90 days", "DXA scan within 90 days of the fracture",
+           "patients with 90 days' follow-up", "iof", 46.8),
+    KpiDef("falls_assessment", 6, "Falls assessment",
+           "falls assessment done or referred", "patients with 90 days' follow-up", "iof",
+           62.0),
+    KpiDef("therapy_recommended", 7, "Bone therapy recommended",
+           "anti-osteoporosis medication recommended", "patients with 90 days' follow-up",
+           "recommend", 52.5),
+    KpiDef("strength_balance_16w", 8, "Strength and balance training by 16 weeks",
+           "strength and balance training started within 16 weeks",
+           "non-hip fracture patients with 16 weeks' follow-up", "iof", 6.1),
+    KpiDef("followup_16w", 9, "Follow-up contact by 16 weeks",
+           "follow-up (monitoring) contact within 16 weeks",
+           "patients recommended therapy, with 16 weeks' follow-up", "iof", 20.7),
+    KpiDef("started_16w", 10, "Treatment started by follow-up",
+           "bone therapy started within 16 weeks",
+           "patients recommended therapy, with 16 weeks' follow-up", "iof", 22.9),
+    KpiDef("adherent_52w", 11, "Adherent at 52 weeks",
+           "recorded as taking therapy at 52 weeks",
+           "patients recommended therapy, with 52 weeks' follow-up", "iof", 20.8),
+)
+KPI_BY_KEY = {k.key: k for k in KPIS}
+#: the patient-level KPIs (3-11): a numerator and a denominator mask per episode
+PATIENT_KPIS = tuple(k.key for k in KPIS if k.number >= 3)
+
+#: FLS-DB KPI 1 key fields and when each applies. Fields whose blank means "not done" (an
+#: assessment date) are not here: a blank there is an outcome, not missing data.
+COMPLETENESS_FIELDS: tuple[tuple[str, str], ...] = (
+    ("referral_date", "always"),
+    ("index_fracture_site", "always"),
+    ("reported_by_radiology", "always"),
+    ("known_to_fls_before", "always"),
+    ("on_therapy_before", "always"),
+    ("therapy_recommended", "once assessed"),
+    ("dxa_t_score", "once a DXA is recorded"),
+    ("drug", "once therapy started"),
+    ("adherent_52w", "52 weeks after therapy started"),
+)
+
+
+def band(kpi: str, pct: float) -> str:
+    """The RAG band of a KPI percentage (see the module docstring).
+
+    Examples
+    --------
+    >>> band("assessed_90d", 85.0), band("assessed_90d", 60.0), band("spine_identification", 15.0)
+    ('green', 'amber', 'amber')
+    >>> band("therapy_recommended", 52.5), band("spine_identification", 8.0)
+    ('green', 'red')
+    """
+    if pct is None or (isinstance(pct, float) and math.isnan(pct)):
+        return ""
+    kind = KPI_BY_KEY[kpi].bands if kpi in KPI_BY_KEY else "iof"
+    if kind == "spine":
+        return "green" if pct > 20 else ("amber" if pct >= 10 else "red")
+    if kind == "recommend":
+        return "green" if pct >= 50 else "red"
+    if kind == "completeness":
+        return ""
+    return "green" if pct > 80 else ("amber" if pct >= 50 else "red")
+
+
+def _dates(ep: pd.DataFrame, col: str) -> pd.Series:
+    if col not in ep:
+        return pd.Series(pd.NaT, index=ep.index, dtype="datetime64[ns]")
+    return pd.to_datetime(ep[col], errors="coerce")
 
 
 def _within(start: pd.Series, end: pd.Series, days: int) -> pd.Series:
-    d = (pd.to_datetime(end) - pd.to_datetime(start)).dt.days
+    d = (end - start).dt.days
     return d.notna() & (d <= days) & (d >= 0)
 
 
-def _window_denominator(ep: pd.DataFrame, cut: pd.Timestamp, days: int, event: str) -> pd.Series:
+def _window(ep: pd.DataFrame, cut: pd.Timestamp, days: int, event: str) -> pd.Series:
     """Episodes whose window has passed, less deaths inside it without the event."""
-    idx = pd.to_datetime(ep["index_date"])
+    idx = _dates(ep, "index_date")
     passed = idx + pd.Timedelta(days=days) <= cut
-    death = pd.to_datetime(ep["death_date"])
-    ev = pd.to_datetime(ep[event])
+    death = _dates(ep, "death_date")
+    ev = _dates(ep, event)
     died_first = (
         death.notna() & (death <= idx + pd.Timedelta(days=days)) & (ev.isna() | (ev > death))
     )
     return passed & ~died_first
 
 
-def completeness(ep: pd.DataFrame, cutoff: dt.date) -> pd.Series:
-    """Whether each episode has every key field that applies to it.
-
-    Key fields: referral date (always); therapy recommended yes/no (once assessed); DXA
-    T-score (once a DXA is recorded); adherence at 52 weeks (once 52 weeks have passed since
-    a therapy start).
-    """
-    cut = pd.Timestamp(cutoff)
-    ok = ep["referral_date"].notna()
-    assessed = ep["assessment_date"].notna()
-    ok &= ~assessed | ep["therapy_recommended"].notna()
-    ok &= ep["dxa_date"].isna() | ep["dxa_t_score"].notna()
-    start = pd.to_datetime(ep["therapy_start_date"])
-    due = start.notna() & (start + pd.Timedelta(days=364) <= cut)
-    ok &= ~due | ep["adherent_52w"].notna()
-    return ok.astype(bool)
+def is_spine(ep: pd.DataFrame) -> pd.Series:
+    """Index fracture is a spine fracture: recorded so, or (site not recorded) the linked
+    CT's first read confirmed a vertebral fracture."""
+    site = ep["index_fracture_site"] if "index_fracture_site" in ep else pd.Series(
+        None, index=ep.index, dtype=object)
+    ct = ep["ct_identified"].eq(True) if "ct_identified" in ep else False
+    return site.eq("spine") | (site.isna() & ct)
 
 
 def kpi_masks(episodes: pd.DataFrame, cutoff: dt.date) -> dict[str, tuple[pd.Series, pd.Series]]:
-    """``{kpi: (numerator mask, denominator mask)}`` over *episodes*."""
+    """``{kpi: (numerator mask, denominator mask)}`` for the patient-level KPIs (3-11)."""
     ep = episodes
     cut = pd.Timestamp(cutoff)
-    in_data = pd.to_datetime(ep["index_date"]) <= cut
+    idx = _dates(ep, "index_date")
+    in_data = idx <= cut
 
     def by(col: str) -> pd.Series:
-        d = pd.to_datetime(ep[col])
+        d = _dates(ep, col)
         return d.notna() & (d <= cut)
 
     m: dict[str, tuple[pd.Series, pd.Series]] = {}
-    m["spine_identification"] = (in_data & ep["ct_identified"].eq(True), in_data)
-    den = in_data & _window_denominator(ep, cut, 90, "assessment_date")
-    m["assessed_90d"] = (den & _within(ep["index_date"], ep["assessment_date"], 90), den)
-    den = in_data & _window_denominator(ep, cut, 90, "dxa_date")
-    m["dxa_90d"] = (den & _within(ep["index_date"], ep["dxa_date"], 90), den)
-    assessed = in_data & by("assessment_date")
-    m["therapy_recommended"] = (assessed & ep["therapy_recommended"].eq(True), assessed)
-    rec = assessed & ep["therapy_recommended"].eq(True)
-    den = rec & _window_denominator(ep, cut, 112, "therapy_start_date")
-    m["started_16w"] = (den & _within(ep["index_date"], ep["therapy_start_date"], 112), den)
-    start = pd.to_datetime(ep["therapy_start_date"])
-    den = in_data & by("therapy_start_date") & (start + pd.Timedelta(days=364) <= cut)
+    m["spine_identification"] = (in_data & is_spine(ep), in_data)
+    for key, col in (("assessed_90d", "assessment_date"), ("dxa_90d", "dxa_date")):
+        den = in_data & _window(ep, cut, WINDOW_90D, col)
+        m[key] = (den & _within(idx, _dates(ep, col), WINDOW_90D), den)
+    den = in_data & _window(ep, cut, WINDOW_90D, "falls_assessment_date")
+    m["falls_assessment"] = (den & by("falls_assessment_date"), den)
+    den = in_data & _window(ep, cut, WINDOW_90D, "assessment_date")
+    rec = ep["therapy_recommended"].eq(True)
+    m["therapy_recommended"] = (den & rec, den)
+    site = ep["index_fracture_site"] if "index_fracture_site" in ep else pd.Series(
+        None, index=ep.index, dtype=object)
+    den = in_data & ~site.eq("hip") & _window(ep, cut, WINDOW_16W, "strength_balance_date")
+    m["strength_balance_16w"] = (
+        den & _within(idx, _dates(ep, "strength_balance_date"), WINDOW_16W), den)
+    for key, col in (("followup_16w", "followup_date"), ("started_16w", "therapy_start_date")):
+        den = in_data & rec & _window(ep, cut, WINDOW_16W, col)
+        m[key] = (den & _within(idx, _dates(ep, col), WINDOW_16W), den)
+    den = in_data & rec & _window(ep, cut, WINDOW_52W, "therapy_start_date")
     m["adherent_52w"] = (den & ep["adherent_52w"].eq(True), den)
-    m["data_completeness"] = (in_data & completeness(ep, cutoff), in_data)
-    return m
+    return {k: (num.fillna(False).astype(bool), d.fillna(False).astype(bool))
+            for k, (num, d) in m.items()}
 
 
-def _band(kpi: str, pct: float) -> str:
-    if np.isnan(pct):
-        return ""
-    if kpi == "spine_identification":
-        return "green" if pct > 20 else "below benchmark"
-    return "green" if pct > 80 else ("amber" if pct >= 50 else "red")
+def completeness_masks(episodes: pd.DataFrame,
+                       cutoff: dt.date) -> dict[str, tuple[pd.Series, pd.Series]]:
+    """``{field: (missing mask, applicable mask)}`` for the KPI 1 key fields."""
+    ep = episodes
+    cut = pd.Timestamp(cutoff)
+    in_data = _dates(ep, "index_date") <= cut
+    start = _dates(ep, "therapy_start_date")
+    applies = {
+        "always": in_data,
+        "once assessed": in_data & _dates(ep, "assessment_date").notna(),
+        "once a DXA is recorded": in_data & _dates(ep, "dxa_date").notna(),
+        "once therapy started": in_data & start.notna() & (start <= cut),
+        "52 weeks after therapy started": in_data & start.notna()
+        & (start + pd.Timedelta(days=WINDOW_52W) <= cut),
+    }
+    out = {}
+    for field, when in COMPLETENESS_FIELDS:
+        col = ep[field] if field in ep else pd.Series(None, index=ep.index, dtype=object)
+        app = applies[when].fillna(False).astype(bool)
+        out[field] = ((app & col.isna()).astype(bool), app)
+    return out
 
 
-def fls_kpis(episodes: pd.DataFrame, cutoff: dt.date, *, confidence: float = 0.95) -> pd.DataFrame:
-    """The FLS KPIs (definitions in the module docstring) with Wilson intervals.
+def completeness_table(missing: dict[str, float], applicable: dict[str, float]) -> pd.DataFrame:
+    """Per key field: ``field, applies, applicable, missing, percent_missing, poor``."""
+    rows = []
+    for field, when in COMPLETENESS_FIELDS:
+        app, miss = float(applicable.get(field, 0)), float(missing.get(field, 0))
+        pct = 100 * miss / app if app else float("nan")
+        rows.append({"field": field, "applies": when, "applicable": int(app),
+                     "missing": int(miss), "percent_missing": pct,
+                     "poor": bool(app and miss / app > COMPLETENESS_MISSING_MAX)})
+    return pd.DataFrame(rows)
+
+
+def kpi_counts(episodes: pd.DataFrame, cutoff: dt.date) -> dict[str, float]:
+    """Every count the KPI table needs, as a flat dict (what the aggregate cube sums).
+
+    Keys: ``episodes``; ``<kpi>_num`` and ``<kpi>_den`` for KPIs 3-11;
+    ``cf_<field>_app`` and ``cf_<field>_miss`` for the KPI 1 fields.
+    """
+    out: dict[str, float] = {
+        "episodes": float((_dates(episodes, "index_date") <= pd.Timestamp(cutoff)).sum())}
+    for k, (num, den) in kpi_masks(episodes, cutoff).items():
+        out[f"{k}_num"], out[f"{k}_den"] = float(num.sum()), float(den.sum())
+    for f, (miss, app) in completeness_masks(episodes, cutoff).items():
+        out[f"cf_{f}_miss"], out[f"cf_{f}_app"] = float(miss.sum()), float(app.sum())
+    return out
+
+
+def fls_kpis(episodes: pd.DataFrame, cutoff: dt.date, *, months: int | None = None,
+             expected_caseload_per_year: float | None = None,
+             confidence: float = 0.95) -> pd.DataFrame:
+    """The eleven FLS-DB KPIs with Wilson intervals, exact (format with
+    :func:`fracture_qi.qi.published.kpi_table` for display).
 
     Parameters
     ----------
@@ -135,14 +301,19 @@ def fls_kpis(episodes: pd.DataFrame, cutoff: dt.date, *, confidence: float = 0.9
         ``AnalysisData.episodes``.
     cutoff
         ``AnalysisData.cutoff``.
+    months
+        Length of the period in months (for KPI 2's expected caseload).
+    expected_caseload_per_year
+        The service's local estimate of fragility fractures a year (FLS-DB supplies it);
+        None: KPI 2 is not computed.
     confidence
         Two-sided level.
 
     Returns
     -------
     pandas.DataFrame
-        ``kpi, label, numerator, denominator, percent, low, high`` (percentages),
-        ``band, national_average``.
+        ``kpi, number, label, numerator, denominator, percent, low, high, band, national,
+        numerator_definition, denominator_definition`` (percentages 0-100).
 
     Examples
     --------
@@ -158,59 +329,24 @@ def fls_kpis(episodes: pd.DataFrame, cutoff: dt.date, *, confidence: float = 0.9
     >>> [float(x) for x in k.loc["assessed_90d", ["numerator", "denominator", "percent"]]]
     [1.0, 2.0, 50.0]
     """
-    rows = []
-    for kpi, (num, den) in kpi_masks(episodes, cutoff).items():
-        k, n = int(num.sum()), int(den.sum())
-        p = proportion(k, n, confidence=confidence)
-        label, national, _green = KPI_INFO[kpi]
-        pct = 100 * p.estimate if n else float("nan")
-        rows.append(
-            {
-                "kpi": kpi,
-                "label": label,
-                "numerator": k,
-                "denominator": n,
-                "percent": pct,
-                "low": 100 * p.low if n else float("nan"),
-                "high": 100 * p.high if n else float("nan"),
-                "band": _band(kpi, pct),
-                "national_average": national,
-            }
-        )
-    return pd.DataFrame(rows)
+    from fracture_qi.qi.published import kpi_rows
+
+    counts = kpi_counts(episodes, cutoff)
+    return kpi_rows(counts, months=months, expected_caseload_per_year=expected_caseload_per_year,
+                    confidence=confidence)
 
 
-def kpi_table(k: pd.DataFrame, *, mode: Mode) -> pd.DataFrame:
-    """KPIs for display.
-
-    ``publish`` rounds/suppresses counts and computes the percentage *and its interval*
-    from the rounded counts (an interval from exact counts would let a reader solve for
-    them); both are hidden when a count is suppressed. ``internal`` shows exact values.
-    """
-    out = []
-    for r in k.itertuples():
-        pct = publishable_percent(r.numerator, r.denominator, mode=mode)
-        hidden = pct in ("*", "")
-        if hidden or np.isnan(r.low):
-            ci = ""
-        elif mode == "publish":
-            rk, rn = rounded_count(r.numerator), rounded_count(r.denominator)
-            if rk is None or not rn:  # cannot happen when the percentage is shown
-                ci = ""
-            else:
-                lo, hi = wilson_interval(rk, rn)
-                ci = f"{100 * lo:.1f}-{100 * hi:.1f}%"
-        else:
-            ci = f"{r.low:.1f}-{r.high:.1f}%"
-        out.append(
-            {
-                "KPI": r.label,
-                "Numerator": format_count(r.numerator, mode),
-                "Denominator": format_count(r.denominator, mode),
-                "Percent": pct,
-                "95% CI": ci,
-                "Band": "" if hidden else r.band,
-                "National average": "" if pd.isna(r.national_average) else f"{r.national_average}%",
-            }
-        )
-    return pd.DataFrame(out)
+__all__ = [
+    "COMPLETENESS_FIELDS",
+    "KPIS",
+    "KPI_BY_KEY",
+    "KpiDef",
+    "NATIONAL_SOURCE",
+    "band",
+    "completeness_masks",
+    "completeness_table",
+    "fls_kpis",
+    "is_spine",
+    "kpi_counts",
+    "kpi_masks",
+]

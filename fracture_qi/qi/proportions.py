@@ -12,8 +12,9 @@ Two kinds of estimate are needed:
   design-based *effective sample size* (Korn & Graubard 1998): the variance of the ratio is
   estimated by Taylor linearisation within sampling strata, and ``n_eff = p(1-p)/var``.
 
-The formulas themselves come from statsmodels (``proportion_confint``); this module only
-decides which counts go in.
+The Wilson interval is written out in numpy (statsmodels' formula, checked against it in
+the tests), so nothing here imports statsmodels or scipy except the exact
+(Clopper-Pearson) interval, which needs the beta distribution.
 """
 
 from __future__ import annotations
@@ -23,20 +24,41 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from statistics import NormalDist
+
 import numpy as np
 
-# statsmodels (and the scipy it pulls in: 0.5 s of CPU, 1.5 s+ on a loaded machine) is
-# imported inside the functions that use it, so that importing this module (e.g. for the QI
+# statsmodels (and the scipy it pulls in: 0.5 s of CPU, 1.5 s+ on a loaded machine) is only
+# imported for the exact interval, so that importing this module (e.g. for the QI
 # dashboard's first paint) stays cheap
 
 logger = logging.getLogger(__name__)
 
+#: two-sided 95 % standard normal quantile
+Z95 = 1.959963984540054
 #: interval methods understood by :func:`proportion` (statsmodels names)
 METHODS = {"wilson": "wilson", "clopper-pearson": "beta", "exact": "beta"}
 
 
+def z_value(confidence: float = 0.95) -> float:
+    """Two-sided standard normal quantile for *confidence* (1.959964 for 0.95).
+
+    Examples
+    --------
+    >>> round(z_value(0.95), 6)
+    1.959964
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence!r} must be between 0 and 1, e.g. 0.95")
+    return Z95 if confidence == 0.95 else NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
 def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a proportion ``successes / n``.
+
+    The arithmetic of statsmodels' ``proportion_confint(method="wilson")``, written out in
+    numpy so that the dashboard's first paint needs neither statsmodels nor scipy
+    (``tests/test_qi_proportions.py`` checks the two agree).
 
     Parameters
     ----------
@@ -65,8 +87,7 @@ def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tup
     >>> wilson_interval(0, 0)
     (nan, nan)
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence!r} must be between 0 and 1, e.g. 0.95")
+    z = z_value(confidence)
     if n < 0 or successes < 0 or successes > n + 1e-9:
         raise ValueError(
             f"successes={successes!r}, n={n!r}: need 0 <= successes <= n. "
@@ -74,13 +95,14 @@ def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tup
         )
     if n == 0:
         return (math.nan, math.nan)
-    from statsmodels.stats.proportion import proportion_confint
-
     k = min(successes, n)
-    low, high = proportion_confint(k, n, alpha=1 - confidence, method="wilson")
+    q = k / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    centre = (q + z2 / (2 * n)) / denom
+    half = z * math.sqrt(q * (1.0 - q) / n + z2 / (4.0 * n * n)) / denom
     # at k == 0 or k == n the exact limit is 0 or 1; floating point can miss it by 1e-16
-    p = k / n
-    return (float(min(max(0.0, low), p)), float(max(min(1.0, high), p)))
+    return (float(min(max(0.0, centre - half), q)), float(max(min(1.0, centre + half), q)))
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,81 @@ def kish_effective_n(weights: np.ndarray) -> float:
     return float(np.sum(w) ** 2 / s2) if s2 > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class StratumSums:
+    """Sufficient statistics of one sampling stratum for a weighted proportion.
+
+    Attributes
+    ----------
+    n
+        Reviewed cases in the stratum (all of them, in or out of the denominator).
+    n_x, n_y
+        Unweighted cases in the denominator / numerator.
+    w_x, w_y
+        Sums of the weights over denominator / numerator cases.
+    w2_x, w2_y
+        Sums of the squared weights over denominator / numerator cases.
+    """
+
+    n: float
+    n_x: float
+    n_y: float
+    w_x: float
+    w_y: float
+    w2_x: float
+    w2_y: float
+
+
+def weighted_proportion_from_sums(strata: list[StratumSums], *,
+                                  confidence: float = 0.95) -> Proportion:
+    """:func:`weighted_proportion` from per-stratum sums (what an aggregate cube holds).
+
+    The Taylor-linearised variance only needs, per stratum, the number of cases and the sums
+    of ``w`` and ``w^2`` over the numerator and the denominator cases, because
+    ``z_i = w_i (y_i - R x_i) / X`` is ``w_i (1 - R) / X`` for a numerator case,
+    ``-w_i R / X`` for the rest of the denominator and 0 otherwise.
+    """
+    n_den = sum(s.n_x for s in strata)
+    X = sum(s.w_x for s in strata)
+    Y = sum(s.w_y for s in strata)
+    if n_den == 0 or X == 0:
+        return Proportion(Y, X, math.nan, math.nan, math.nan, 0, 0.0, "ipw-wilson-neff",
+                          confidence)
+    r = Y / X
+    var = 0.0
+    for s in strata:
+        if s.n > 1:
+            sum_z = (s.w_y - r * s.w_x) / X
+            sum_z2 = ((1 - r) ** 2 * s.w2_y + r * r * (s.w2_x - s.w2_y)) / (X * X)
+            var += s.n / (s.n - 1) * max(0.0, sum_z2 - sum_z * sum_z / s.n)
+    if var > 1e-15 and 0 < r < 1:
+        n_eff = min(r * (1 - r) / var, float(n_den))
+    else:
+        w2 = sum(s.w2_x for s in strata)
+        n_eff = X * X / w2 if w2 > 0 else 0.0
+    low, high = wilson_interval(r * n_eff, n_eff, confidence)
+    # Wilson on a non-integer n_eff can, by rounding, exclude r by a hair: keep r inside
+    low, high = min(low, r), max(high, r)
+    return Proportion(Y, X, r, low, high, int(round(n_den)), float(n_eff), "ipw-wilson-neff",
+                      confidence)
+
+
+def stratum_sums(numerator: np.ndarray, denominator: np.ndarray, weights: np.ndarray,
+                 strata: np.ndarray | None = None) -> list[StratumSums]:
+    """Per-stratum :class:`StratumSums` of boolean numerator/denominator arrays."""
+    y = np.asarray(numerator, dtype=bool)
+    x = np.asarray(denominator, dtype=bool)
+    w = np.asarray(weights, dtype=float)
+    s = np.zeros(len(w), dtype=object) if strata is None else np.asarray(strata, dtype=object)
+    out = []
+    for h in np.unique(s) if len(s) else []:
+        m = s == h
+        out.append(StratumSums(float(m.sum()), float((x & m).sum()), float((y & m).sum()),
+                               float(w[x & m].sum()), float(w[y & m].sum()),
+                               float((w[x & m] ** 2).sum()), float((w[y & m] ** 2).sum())))
+    return out
+
+
 def weighted_proportion(
     numerator: np.ndarray,
     denominator: np.ndarray,
@@ -255,25 +352,4 @@ def weighted_proportion(
         )
     if np.any(y & ~x):
         raise ValueError("a numerator case is not in the denominator")
-    s = np.zeros(len(w), dtype=object) if strata is None else np.asarray(strata, dtype=object)
-    n_den = int(x.sum())
-    X = float(np.sum(w * x))
-    Y = float(np.sum(w * y))
-    if n_den == 0 or X == 0:
-        return Proportion(Y, X, math.nan, math.nan, math.nan, 0, 0.0, "ipw-wilson-neff", confidence)
-    r = Y / X
-    z = w * (y.astype(float) - r * x.astype(float)) / X
-    var = 0.0
-    for h in np.unique(s):
-        zh = z[s == h]
-        nh = len(zh)
-        if nh > 1:
-            var += nh / (nh - 1) * float(np.sum((zh - zh.mean()) ** 2))
-    if var > 0 and 0 < r < 1:
-        n_eff = min(r * (1 - r) / var, float(n_den))
-    else:
-        n_eff = kish_effective_n(w[x])
-    low, high = wilson_interval(r * n_eff, n_eff, confidence)
-    # Wilson on a non-integer n_eff can, by rounding, exclude r by a hair: keep r inside
-    low, high = min(low, r), max(high, r)
-    return Proportion(Y, X, r, low, high, n_den, float(n_eff), "ipw-wilson-neff", confidence)
+    return weighted_proportion_from_sums(stratum_sums(y, x, w, strata), confidence=confidence)

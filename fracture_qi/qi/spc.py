@@ -1,49 +1,60 @@
-"""Statistical process control: XmR and p-charts (NHS "Making Data Count") and run charts (IHI).
+"""Statistical process control as NHS England's "Making Data Count" does it.
 
-**XmR chart** (individuals and moving range). Centre = mean of the values; moving range
-``MR_i = |x_i - x_{i-1}|``; process limits ``mean +/- 2.66 * mean(MR)`` (2.66 = 3 / d2,
-d2 = 1.128 for ranges of 2), so ``sigma = mean(MR) / 1.128``.
+**XmR chart** (individuals and moving range), the chart Making Data Count (MDC) recommends
+for counts and for rates. Centre = mean of the values; moving range ``MR_i = |x_i -
+x_{i-1}|``; process limits ``mean +/- 2.66 * mean(MR)`` (2.66 = 3 / d2, d2 = 1.128 for ranges
+of two points). As MDC and the NHS-R package NHSRplotthedots do, moving ranges at or above
+3.267 x the mean moving range (the upper range limit, D4 = 3.267) are screened out and the
+mean moving range recomputed before the limits are set (``screen_outliers``).
 
-**p-chart** (a proportion per month with varying denominators). Centre
-``p = sum(successes) / sum(totals)``; per-point ``sigma_i = sqrt(p (1 - p) / n_i)``; limits
-``p +/- 3 sigma_i`` clipped to [0, 1].
+**p-chart** (a proportion per month with its own binomial limits), for where binomial
+limits fit (a count of independent yes/no outcomes per month, without over-dispersion):
+centre ``p = sum(successes) / sum(totals)``, limits ``p +/- 3 sqrt(p (1 - p) / n_i)``.
 
-**Making Data Count special-cause rules** (NHS England/Improvement, "Making Data Count"):
+**A continuous axis.** A month with nothing to count is a point of zero, never left out: the
+monthly series of :mod:`fracture_qi.qi.monthly` span the whole period. A month with no
+denominator (a rate of nothing) is *missing*: it keeps its place on the axis, is drawn as a
+gap, and takes part in no mean, moving range or rule (a moving range is only taken between
+two adjacent months). Missing values (``NaN``) are therefore allowed.
+
+**Limits on the exact numbers, clamped to what the measure allows**: ``lower_bound`` /
+``upper_bound`` (0 for a count, 0 and 1 for a proportion) clamp the limits drawn; a count
+never has a lower limit below zero.
+
+**The MDC special-cause rules** (as NHSRplotthedots implements them), phase by phase:
 
 1. ``outside``: a point above the upper or below the lower process limit;
-2. ``shift``: a run of 7 or more consecutive points all above or all below the centre line
-   (a point exactly on the centre line ends a run);
-3. ``trend``: 7 or more consecutive points each higher (or each lower) than the one before
-   (an equal value ends a trend);
-4. ``two_of_three``: 2 of 3 consecutive points beyond 2 sigma on the same side of the centre
-   (in the outer third between the centre line and a limit).
+2. ``shift``: a run of 7 points all above or all below the mean (a point on the mean
+   ends a run);
+3. ``trend``: 7 points each higher (or each lower) than the one before (an equal value ends
+   a trend);
+4. ``two_of_three``: 2 of 3 consecutive points close to a limit (beyond two thirds of the
+   way from the mean to a process limit, i.e. about 2 sigma, but inside the limit), all 3 on
+   the same side of the mean; the close points are marked.
 
-Every point in the run or pattern is marked, as the NHS tool colours them.
+Every point of a run, trend or pattern is marked. A marked point's **type** follows its side
+of the mean: ``special_cause_improvement`` or ``special_cause_concern`` given the direction of
+improvement (``"up"``/``"down"``), ``special_cause_neutral_high``/``_low`` without one, else
+``common_cause`` (``missing`` for a gap).
 
-**Run chart IHI rules** (Perla, Provost & Murray 2011): centre = median; points on the
-median are ignored for rules 1 and 3;
+**Icons.** The *variation* icon is the type of the latest point; the *assurance* icon
+compares the target with the latest phase's process limits: a target beyond the limits on
+the good side is ``consistent_fail`` (the process cannot reach it), on the bad side
+``consistent_pass``, between them ``inconsistent`` (hit and miss).
 
-1. ``shift``: 6 or more consecutive points all above or all below the median;
-2. ``trend``: 5 or more consecutive points all going up or all going down (of successive
-   equal values only one is counted);
-3. ``too_few_runs`` / ``too_many_runs``: the number of runs (crossings of the median + 1)
-   is outside the two-sided 5 % critical values of the exact Swed-Eisenhart runs
-   distribution for the observed numbers above and below the median (the table Perla et al.
-   print is derived from it);
-4. ``astronomical``: a point far out of line; made objective here as beyond
-   ``Q3 + 3 IQR`` or ``Q1 - 3 IQR`` (Tukey's far-out fence) of the phase.
+**Change dates** (``change_at``, MDC's "recalculation"/rebase): limits, centre and rules are
+computed separately for each phase, and no run or trend crosses a phase boundary.
 
-**Change dates**: ``change_at`` lists the positions (or index labels) where a QI change
-started; limits, centre and rules are computed separately for each phase, and no run or
-trend crosses a phase boundary.
+Checked against NHSRplotthedots' documented results (its test data: 20 normal draws, mean
+0.142, limits -3.01 to 3.29; the same split in two: 0.0746 (-2.60 to 2.75) and 0.209 (-3.28
+to 3.70)), its rule test cases, Montgomery's Examples 6.5 and 7.1 (``tests/test_qi_spc.py``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -55,22 +66,57 @@ logger = logging.getLogger(__name__)
 XMR_CONSTANT = 2.66
 #: d2 for a moving range of two
 D2 = 1.128
+#: "close to a limit": this share of the distance from the mean to a process limit
+#: (NHSRplotthedots: 2/3 of 2.66 mean moving ranges, about 2 sigma)
+NEAR_SHARE = 2 / 3
+#: upper range limit of a moving range of two (D4): moving ranges at or above it times the
+#: mean moving range are screened out (Making Data Count; NHSRplotthedots screen_outliers)
+D4 = 3.267
 #: Making Data Count: points in a shift / a trend
 MDC_SHIFT = 7
 MDC_TREND = 7
-#: IHI run-chart rules
-IHI_SHIFT = 6
-IHI_TREND = 5
-#: the run-chart runs test needs at least this many useful observations
-IHI_MIN_USEFUL = 10
+#: below this many points in a phase the limits are provisional (NHSRplotthedots warns at 12)
+MDC_MIN_POINTS = 12
+#: sigma multiple of the p-chart's process limits
+P_CHART_SIGMAS = 3.0
 
 Improvement = Literal["up", "down"] | None
 
 MDC_RULES = ("outside", "shift", "trend", "two_of_three")
-IHI_RULES = ("shift", "trend", "too_few_runs", "too_many_runs", "astronomical")
+_DIRECTIONS = {"up": 1, "increase": 1, "down": -1, "decrease": -1, None: 0, "neutral": 0}
+
+#: variation icon key -> label (Making Data Count wording)
+VARIATION_LABELS: dict[str, str] = {
+    "common_cause": "Common cause variation",
+    "improvement_high": "Special cause variation: improvement (higher values)",
+    "improvement_low": "Special cause variation: improvement (lower values)",
+    "concern_high": "Special cause variation: concern (higher values)",
+    "concern_low": "Special cause variation: concern (lower values)",
+    "neutral_high": "Special cause variation: higher values",
+    "neutral_low": "Special cause variation: lower values",
+}
+#: assurance icon key -> label
+ASSURANCE_LABELS: dict[str, str] = {
+    "consistent_pass": "Consistently passing the target",
+    "consistent_fail": "Consistently failing the target",
+    "inconsistent": "Hit and miss: the target may or may not be met",
+}
 
 
-def _phases(n: int, index: pd.Index, change_at: Sequence[Any] | None) -> np.ndarray:
+def direction(improvement: str | None) -> int:
+    """+1 when higher is better, -1 when lower is better, 0 when neither (neutral).
+
+    Examples
+    --------
+    >>> direction("up"), direction("decrease"), direction(None)
+    (1, -1, 0)
+    """
+    if improvement not in _DIRECTIONS:
+        raise ValueError(f"improvement={improvement!r}: use 'up', 'down' or None")
+    return _DIRECTIONS[improvement]
+
+
+def phases(n: int, index: pd.Index, change_at: Sequence[Any] | None) -> np.ndarray:
     """Phase number per point: 0 before the first change, 1 after it, ..."""
     phase = np.zeros(n, dtype=int)
     for c in change_at or []:
@@ -90,7 +136,8 @@ def _phases(n: int, index: pd.Index, change_at: Sequence[Any] | None) -> np.ndar
     return phase
 
 
-def _as_index(n: int, index: Sequence[Any] | pd.Index | None) -> pd.Index:
+def as_index(n: int, index: Sequence[Any] | pd.Index | None) -> pd.Index:
+    """The chart's labels (positions when none are given)."""
     if index is None:
         return pd.RangeIndex(n)
     idx = pd.Index(index)
@@ -99,7 +146,7 @@ def _as_index(n: int, index: Sequence[Any] | pd.Index | None) -> pd.Index:
     return idx
 
 
-def _runs_of(mask_pos: np.ndarray, mask_neg: np.ndarray, length: int) -> np.ndarray:
+def runs_of(mask_pos: np.ndarray, mask_neg: np.ndarray, length: int) -> np.ndarray:
     """Mark points inside runs of >= *length* consecutive True in either mask."""
     out = np.zeros(len(mask_pos), dtype=bool)
     for m in (mask_pos, mask_neg):
@@ -114,7 +161,7 @@ def _runs_of(mask_pos: np.ndarray, mask_neg: np.ndarray, length: int) -> np.ndar
     return out
 
 
-def _trend_points(x: np.ndarray, length: int) -> np.ndarray:
+def trend_points(x: np.ndarray, length: int) -> np.ndarray:
     """Mark points in strictly monotone sequences of >= *length* points (equal values break)."""
     out = np.zeros(len(x), dtype=bool)
     if len(x) < length:
@@ -133,58 +180,120 @@ def _trend_points(x: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def _two_of_three(x: np.ndarray, centre: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(x), dtype=bool)
+def two_of_three(close: np.ndarray, side: np.ndarray) -> np.ndarray:
+    """Close points in a window of 3 consecutive points with >= 2 close, all 3 on one side.
+
+    Parameters
+    ----------
+    close
+        Point is close to a limit (beyond 2/3 of the way to it, not outside).
+    side
+        Sign of the point relative to the mean (-1, 0, +1).
+
+    Examples
+    --------
+    NHSRplotthedots' cases (all points above the mean):
+
+    >>> up = np.ones(7)
+    >>> two_of_three(np.array([0, 0, 1, 0, 1, 0, 0], bool), up).astype(int).tolist()
+    [0, 0, 1, 0, 1, 0, 0]
+    >>> two_of_three(np.array([1, 0, 0, 1, 1], bool), np.ones(5)).astype(int).tolist()
+    [0, 0, 0, 1, 1]
+    """
+    n = len(close)
+    hit = np.zeros(n, dtype=bool)
+    for start in range(n - 2):
+        w = slice(start, start + 3)
+        if close[w].sum() >= 2 and abs(int(np.sum(side[w]))) == 3:
+            hit[w] = True
+    return hit & close
+
+
+def _available_runs(x: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                    near_lo: np.ndarray, near_hi: np.ndarray) -> dict[str, np.ndarray]:
+    """The four MDC rules over one phase's available (non-missing) points, in order."""
+    side = np.sign(x - c)
     with np.errstate(invalid="ignore"):
-        hi = x > centre + 2 * sigma
-        lo = x < centre - 2 * sigma
-    for m in (hi, lo):
-        for i in range(len(x) - 2):
-            w = m[i : i + 3]
-            if w.sum() >= 2:
-                out[i : i + 3] |= w
-    return out
+        outside = (x > hi) | (x < lo)
+        close = ~outside & ((x > near_hi) | (x < near_lo))
+    return {
+        "outside": outside,
+        "shift": runs_of(side > 0, side < 0, MDC_SHIFT),
+        "trend": trend_points(x, MDC_TREND),
+        "two_of_three": two_of_three(close, side),
+    }
 
 
-def _mdc_rules(df: pd.DataFrame) -> pd.DataFrame:
-    """Evaluate the four Making Data Count rules phase by phase (in place)."""
+def mdc_rules(df: pd.DataFrame) -> pd.DataFrame:
+    """Evaluate the four Making Data Count rules phase by phase (in place).
+
+    Needs ``value, centre, lcl, ucl, near_lcl, near_ucl, phase``; points whose value or
+    limits are missing take part in no rule.
+    """
     x = df["value"].to_numpy(float)
     c = df["centre"].to_numpy(float)
-    s = df["sigma"].to_numpy(float)
+    lo, hi = df["lcl"].to_numpy(float), df["ucl"].to_numpy(float)
+    nlo, nhi = df["near_lcl"].to_numpy(float), df["near_ucl"].to_numpy(float)
     ph = df["phase"].to_numpy()
-    with np.errstate(invalid="ignore"):
-        outside = (x > df["ucl"].to_numpy(float)) | (x < df["lcl"].to_numpy(float))
-    shift = np.zeros(len(x), bool)
-    trend = np.zeros(len(x), bool)
-    tot = np.zeros(len(x), bool)
+    marks = {r: np.zeros(len(x), bool) for r in MDC_RULES}
+    usable = np.isfinite(x) & np.isfinite(c)
     for p in np.unique(ph):
-        sel = np.flatnonzero(ph == p)
-        xs, cs = x[sel], c[sel]
-        shift[sel] = _runs_of(xs > cs, xs < cs, MDC_SHIFT)
-        trend[sel] = _trend_points(xs, MDC_TREND)
-        tot[sel] = _two_of_three(xs, cs, s[sel])
-    df["rule_outside"] = outside
-    df["rule_shift"] = shift
-    df["rule_trend"] = trend
-    df["rule_two_of_three"] = tot
+        sel = np.flatnonzero((ph == p) & usable)
+        if not len(sel):
+            continue
+        got = _available_runs(x[sel], c[sel], lo[sel], hi[sel], nlo[sel], nhi[sel])
+        for r in MDC_RULES:
+            marks[r][sel] = got[r]
+    for r in MDC_RULES:
+        df[f"rule_{r}"] = marks[r]
     return df
 
 
-def _finish(df: pd.DataFrame, rules: Sequence[str], improvement: Improvement) -> pd.DataFrame:
-    flags = df[[f"rule_{r}" for r in rules]]
-    df["special_cause"] = flags.any(axis=1)
-    df["rules"] = [
-        ",".join(r for r, f in zip(rules, row) if f) for row in flags.itertuples(index=False)
-    ]
-    if improvement not in (None, "up", "down"):
-        raise ValueError(f"improvement={improvement!r}: use 'up', 'down' or None")
+def finish_rules(df: pd.DataFrame, rules: Sequence[str], improvement: Improvement) -> pd.DataFrame:
+    """``special_cause``, ``rules`` (names that fired), ``point_type`` and ``variation``."""
+    dirn = direction(improvement)
+    flags = df[[f"rule_{r}" for r in rules]].to_numpy(bool)
+    special = flags.any(axis=1)
+    df["special_cause"] = special
+    df["rules"] = [",".join(r for r, f in zip(rules, row) if f) for row in flags]
+    value = df["value"].to_numpy(float)
+    side = np.sign(value - df["centre"].to_numpy(float))
+    missing = ~np.isfinite(value)
+    if dirn == 0:
+        kind = np.where(side > 0, "special_cause_neutral_high", "special_cause_neutral_low")
+    else:
+        kind = np.where(side == dirn, "special_cause_improvement", "special_cause_concern")
+    df["point_type"] = np.where(missing, "missing", np.where(special, kind, "common_cause"))
     if improvement is not None:
-        above = df["value"] > df["centre"]
-        good = above if improvement == "up" else ~above & (df["value"] != df["centre"])
         df["variation"] = np.where(
-            ~df["special_cause"], "common_cause", np.where(good, "improvement", "concern")
-        )
+            missing, "missing",
+            np.where(~special, "common_cause",
+                     np.where(side == dirn, "improvement", "concern")))
     return df
+
+
+def _screened_mean_mr(mr: np.ndarray, screen_outliers: bool) -> float:
+    mr = mr[np.isfinite(mr)]
+    if not len(mr):
+        return float("nan")
+    amr = float(mr.mean())
+    if screen_outliers:
+        kept = mr[mr < D4 * amr]
+        amr = float(kept.mean()) if len(kept) else amr
+    return amr
+
+
+def _columns_first(df: pd.DataFrame) -> pd.DataFrame:
+    first = ["value", "centre", "lcl", "ucl", "special_cause"]
+    return df[first + [c for c in df.columns if c not in first]]
+
+
+def _clamp(df: pd.DataFrame, lower_bound: float | None, upper_bound: float | None) -> None:
+    for col in ("lcl", "near_lcl", "ucl", "near_ucl"):
+        if lower_bound is not None:
+            df[col] = df[col].clip(lower=lower_bound)
+        if upper_bound is not None:
+            df[col] = df[col].clip(upper=upper_bound)
 
 
 def xmr(
@@ -193,74 +302,103 @@ def xmr(
     index: Sequence[Any] | pd.Index | None = None,
     change_at: Sequence[Any] | None = None,
     improvement: Improvement = None,
+    target: float | None = None,
+    lower_bound: float | None = None,
+    upper_bound: float | None = None,
+    screen_outliers: bool = True,
+    annotations: Mapping[Any, str] | None = None,
 ) -> pd.DataFrame:
-    """XmR (individuals) chart with Making Data Count special-cause rules.
+    """XmR chart with the Making Data Count rules, icons and limits (see the module doc).
 
     Parameters
     ----------
     values
-        One value per period (e.g. median days to assessment per month). A Series keeps its
-        index as the chart's index.
+        One value per period in time order, with every period present (a count of 0 for an
+        empty month); ``NaN`` marks a period with no data (a rate of nothing). A Series
+        keeps its index as the chart's labels.
     index
         Labels for the points (e.g. month start dates), overriding a Series' index.
     change_at
         Labels or positions where a QI change took effect: limits are recalculated from
         there on (each phase its own mean and mean moving range).
     improvement
-        ``"up"`` or ``"down"`` if a higher / lower value is better: adds a ``variation``
-        column (``common_cause``, ``improvement``, ``concern``) as in the NHS icons.
+        ``"up"`` or ``"down"`` if a higher / lower value is better (None: neutral).
+    target
+        A target value for the assurance icon (needs *improvement*).
+    lower_bound, upper_bound
+        What the measure allows: 0 for a count; 0 and 1 for a proportion. Limits are
+        clamped to them.
+    screen_outliers
+        Leave moving ranges at or above 3.267 x their mean out of the limits (MDC default).
+    annotations
+        ``{label: text}`` notes for the chart (kept in ``attrs["annotations"]``).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``value, centre, lcl, ucl, special_cause`` (bool), then ``phase,
-        moving_range, sigma, rule_outside, rule_shift, rule_trend, rule_two_of_three,
-        rules`` (comma-separated names of the rules that fired) and ``variation`` if asked.
-        A phase with fewer than 2 points has NaN limits.
+        Columns ``value, centre, lcl, ucl, special_cause`` (limits clamped), then ``phase,
+        moving_range, sigma, near_lcl, near_ucl, rule_outside, rule_shift, rule_trend,
+        rule_two_of_three, rules, point_type`` and ``variation`` (with *improvement*).
+        ``attrs["summary"]`` holds :func:`summarise`'s icons; a phase with fewer than 2
+        points has NaN limits.
 
     Raises
     ------
     ValueError
-        When a value is missing or not finite, or *change_at* is not understood.
+        When *values* is not one-dimensional, a value is infinite, or *change_at* is not
+        understood.
 
     Examples
     --------
-    >>> chart = xmr([10, 12, 11, 13, 12, 30])
-    >>> round(float(chart["ucl"].iloc[0]), 2), chart["special_cause"].tolist()
-    (27.43, [False, False, False, False, False, True])
+    >>> chart = xmr([10, 13, 11, 14, 12, 11, 14, 11, 13, 12, 11, 14, 13, 11, 25])
+    >>> round(float(chart["ucl"].iloc[0]), 2), chart["special_cause"].tolist()[-3:]
+    (18.52, [False, False, True])
+    >>> chart.attrs["summary"].variation
+    'neutral_high'
+    >>> float(xmr([0, 1, 0, 9, 0, 1], lower_bound=0)["lcl"].min())
+    0.0
     """
     idx = values.index if isinstance(values, pd.Series) and index is None else None
     x = np.asarray(values, dtype=float)
     if x.ndim != 1:
         raise ValueError("values must be one-dimensional")
-    bad = np.flatnonzero(~np.isfinite(x))
-    if len(bad):
-        raise ValueError(
-            f"value at position {int(bad[0])} is {x[bad[0]]!r}: an XmR chart needs a number for "
-            "every period. Fix: drop or fill the empty periods before charting"
-        )
-    ix = _as_index(len(x), index if index is not None else idx)
-    phase = _phases(len(x), ix, change_at)
+    if np.isinf(x).any():
+        bad = int(np.flatnonzero(np.isinf(x))[0])
+        raise ValueError(f"value at position {bad} is infinite: chart a finite number or NaN "
+                         "(no data)")
+    ix = as_index(len(x), index if index is not None else idx)
+    phase = phases(len(x), ix, change_at)
     df = pd.DataFrame({"value": x, "phase": phase}, index=ix)
-    df["moving_range"] = np.nan
-    df["centre"] = np.nan
-    df["sigma"] = np.nan
+    mr_col = np.full(len(x), np.nan)
+    centre = np.full(len(x), np.nan)
+    amr_col = np.full(len(x), np.nan)
     for p in np.unique(phase):
-        sel = phase == p
-        xp = x[sel]
+        pos = np.flatnonzero(phase == p)
+        xp = x[pos]
+        ok = np.isfinite(xp)
+        if ok.any():
+            centre[pos] = xp[ok].mean()
+        # a moving range only between two adjacent periods that both have data
         mr = np.abs(np.diff(xp))
-        mr_full = np.concatenate([[np.nan], mr])
-        df.loc[sel, "moving_range"] = mr_full
-        df.loc[sel, "centre"] = xp.mean()
-        df.loc[sel, "sigma"] = mr.mean() / D2 if len(mr) else np.nan
-    df["lcl"] = df["centre"] - XMR_CONSTANT * df["sigma"] * D2
-    df["ucl"] = df["centre"] + XMR_CONSTANT * df["sigma"] * D2
-    _mdc_rules(df)
-    df = _finish(df, MDC_RULES, improvement)
-    return df[
-        ["value", "centre", "lcl", "ucl", "special_cause"]
-        + [c for c in df.columns if c not in ("value", "centre", "lcl", "ucl", "special_cause")]
-    ]
+        mr_col[pos[1:]] = mr
+        amr_col[pos] = _screened_mean_mr(mr, screen_outliers)
+    df["moving_range"] = mr_col
+    df["centre"] = centre
+    df["sigma"] = XMR_CONSTANT / 3 * amr_col
+    df["lcl"] = centre - XMR_CONSTANT * amr_col
+    df["ucl"] = centre + XMR_CONSTANT * amr_col
+    df["near_lcl"] = centre - NEAR_SHARE * XMR_CONSTANT * amr_col
+    df["near_ucl"] = centre + NEAR_SHARE * XMR_CONSTANT * amr_col
+    raw_limits = df[["lcl", "ucl"]].copy()
+    mdc_rules(df)  # on the exact limits; the clamp only changes what is drawn
+    _clamp(df, lower_bound, upper_bound)
+    df = finish_rules(df, MDC_RULES, improvement)
+    df = _columns_first(df)
+    df.attrs.update(kind="xmr", improvement=improvement, target=target,
+                    annotations=dict(annotations or {}), lower_bound=lower_bound,
+                    upper_bound=upper_bound)
+    df.attrs["summary"] = summarise(df, raw_limits=raw_limits)
+    return df
 
 
 def p_chart(
@@ -270,24 +408,26 @@ def p_chart(
     index: Sequence[Any] | pd.Index | None = None,
     change_at: Sequence[Any] | None = None,
     improvement: Improvement = None,
+    target: float | None = None,
+    annotations: Mapping[Any, str] | None = None,
 ) -> pd.DataFrame:
-    """p-chart of a monthly proportion with per-point limits and Making Data Count rules.
+    """p-chart of a monthly proportion with per-point binomial limits and the MDC rules.
 
     Parameters
     ----------
     successes, totals
         Numerator and denominator per period (e.g. patients assessed within 90 days and
-        patients referred, per month). Periods with a total of 0 are kept with NaN value and
-        limits and take part in no rule.
-    index, change_at, improvement
-        As for :func:`xmr`.
+        patients referred, per month). Periods with a total of 0 are *missing*: kept with
+        NaN value and limits, in no rule.
+    index, change_at, improvement, target, annotations
+        As for :func:`xmr` (*target* as a proportion).
 
     Returns
     -------
     pandas.DataFrame
         Columns ``value`` (proportion), ``centre, lcl, ucl, special_cause``, then ``phase,
-        successes, totals, sigma, rule_*, rules`` (and ``variation`` if asked). Limits are
-        clipped to [0, 1].
+        successes, totals, sigma, near_lcl, near_ucl, rule_*, rules, point_type``
+        (``variation`` with *improvement*). Limits are clamped to [0, 1].
 
     Raises
     ------
@@ -310,187 +450,175 @@ def p_chart(
         raise ValueError(
             f"period {bad}: successes={s[bad]!r}, total={n[bad]!r}; need 0 <= successes <= total"
         )
-    ix = _as_index(len(s), index if index is not None else idx)
-    phase = _phases(len(s), ix, change_at)
+    ix = as_index(len(s), index if index is not None else idx)
+    phase = phases(len(s), ix, change_at)
+    has = n > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        value = np.where(n > 0, s / np.where(n > 0, n, 1), np.nan)
+        value = np.where(has, s / np.where(has, n, 1), np.nan)
     df = pd.DataFrame({"value": value, "phase": phase, "successes": s, "totals": n}, index=ix)
-    df["centre"] = np.nan
-    df["sigma"] = np.nan
+    centre = np.full(len(s), np.nan)
     for p in np.unique(phase):
         sel = phase == p
         tot = n[sel].sum()
-        pbar = s[sel].sum() / tot if tot > 0 else np.nan
-        df.loc[sel, "centre"] = pbar
-        with np.errstate(invalid="ignore", divide="ignore"):
-            df.loc[sel, "sigma"] = np.where(
-                n[sel] > 0, np.sqrt(pbar * (1 - pbar) / np.where(n[sel] > 0, n[sel], 1)), np.nan
-            )
-    df["lcl"] = (df["centre"] - 3 * df["sigma"]).clip(lower=0.0)
-    df["ucl"] = (df["centre"] + 3 * df["sigma"]).clip(upper=1.0)
-    # empty periods take no part in runs: evaluate rules on the periods with data only
-    has = n > 0
-    sub = _mdc_rules(df.loc[has].copy())
-    for r in MDC_RULES:
-        df[f"rule_{r}"] = False
-        df.loc[has, f"rule_{r}"] = sub[f"rule_{r}"].to_numpy()
-    df = _finish(df, MDC_RULES, improvement)
-    return df[
-        ["value", "centre", "lcl", "ucl", "special_cause"]
-        + [c for c in df.columns if c not in ("value", "centre", "lcl", "ucl", "special_cause")]
-    ]
+        centre[sel] = s[sel].sum() / tot if tot > 0 else np.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma = np.where(has, np.sqrt(centre * (1 - centre) / np.where(has, n, 1)), np.nan)
+    df["centre"] = centre
+    df["sigma"] = sigma
+    df["lcl"] = centre - P_CHART_SIGMAS * sigma
+    df["ucl"] = centre + P_CHART_SIGMAS * sigma
+    df["near_lcl"] = centre - NEAR_SHARE * P_CHART_SIGMAS * sigma
+    df["near_ucl"] = centre + NEAR_SHARE * P_CHART_SIGMAS * sigma
+    raw_limits = df[["lcl", "ucl"]].copy()
+    mdc_rules(df)
+    _clamp(df, 0.0, 1.0)
+    df = finish_rules(df, MDC_RULES, improvement)
+    df = _columns_first(df)
+    df.attrs.update(kind="p", improvement=improvement, target=target,
+                    annotations=dict(annotations or {}), lower_bound=0.0, upper_bound=1.0)
+    df.attrs["summary"] = summarise(df, raw_limits=raw_limits)
+    return df
 
 
-@lru_cache(maxsize=4096)
-def runs_limits(n_above: int, n_below: int, alpha: float = 0.05) -> tuple[int, int]:
-    """Two-sided critical numbers of runs for the runs test (Swed & Eisenhart 1943).
+@dataclass(frozen=True)
+class SpcSummary:
+    """The icons and signals of a chart, for a tile, a table row or a slide.
 
-    Parameters
+    Attributes
     ----------
-    n_above, n_below
-        Useful observations above and below the median.
-    alpha
-        Two-sided significance level (half in each tail).
+    variation
+        Icon key (:data:`VARIATION_LABELS`) of the latest point with data, or ``""``.
+    assurance
+        Icon key (:data:`ASSURANCE_LABELS`) or ``""`` without a target and a direction.
+    signals
+        One sentence per run of special-cause points (rule, first and last label, type).
+    warnings
+        Caveats: provisional limits (few points), missing periods.
+    """
 
-    Returns
-    -------
-    tuple of int
-        ``(lower, upper)``: fewer than ``lower`` runs is "too few", more than ``upper`` is
-        "too many" (probability of either at most ``alpha/2`` under randomness).
+    variation: str
+    assurance: str
+    signals: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def variation_label(self) -> str:
+        return VARIATION_LABELS.get(self.variation, "")
+
+    @property
+    def assurance_label(self) -> str:
+        return ASSURANCE_LABELS.get(self.assurance, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"variation": self.variation, "variation_label": self.variation_label,
+                "assurance": self.assurance, "assurance_label": self.assurance_label,
+                "signals": list(self.signals), "warnings": list(self.warnings)}
+
+
+def _variation_key(point_type: str, improvement: Improvement) -> str:
+    dirn = direction(improvement)
+    if point_type == "common_cause":
+        return "common_cause"
+    if point_type.startswith("special_cause_neutral_"):
+        return "neutral_" + point_type.rsplit("_", 1)[1]
+    good_high = dirn >= 0
+    if point_type == "special_cause_improvement":
+        return "improvement_high" if good_high else "improvement_low"
+    if point_type == "special_cause_concern":
+        return "concern_low" if good_high else "concern_high"
+    return ""
+
+
+def assurance(target: float | None, improvement: Improvement, lpl: float, upl: float) -> str:
+    """The assurance icon key for a target against process limits (NHSRplotthedots rule).
 
     Examples
     --------
-    Ten above and ten below: 6 or fewer runs, or 16 or more, are unusual (the published
-    Swed-Eisenhart critical values for n1 = n2 = 10).
-
-    >>> runs_limits(10, 10)
-    (7, 15)
+    >>> [assurance(4, "up", *lim) for lim in ((1, 3), (5, 7), (1, 5))]
+    ['consistent_fail', 'consistent_pass', 'inconsistent']
+    >>> assurance(4, "down", 5, 7), assurance(4, None, 1, 3)
+    ('consistent_fail', '')
     """
-    n1, n2 = n_above, n_below
-    if n1 < 1 or n2 < 1:
-        return (1, n1 + n2)
-    total = math.comb(n1 + n2, n1)
-
-    def pmf(r: int) -> float:
-        if r % 2 == 0:
-            k = r // 2
-            return 2 * math.comb(n1 - 1, k - 1) * math.comb(n2 - 1, k - 1) / total
-        k = (r - 1) // 2
-        return (
-            math.comb(n1 - 1, k) * math.comb(n2 - 1, k - 1)
-            + math.comb(n1 - 1, k - 1) * math.comb(n2 - 1, k)
-        ) / total
-
-    rs = range(2, n1 + n2 + 1)
-    probs = {r: pmf(r) for r in rs}
-    lower, cum = 2, 0.0
-    for r in rs:
-        if cum + probs[r] > alpha / 2:
-            lower = r
-            break
-        cum += probs[r]
-    upper, cum = n1 + n2, 0.0
-    for r in reversed(rs):
-        if cum + probs[r] > alpha / 2:
-            upper = r
-            break
-        cum += probs[r]
-    return (lower, upper)
+    dirn = direction(improvement)
+    if target is None or dirn == 0 or not (np.isfinite(lpl) and np.isfinite(upl)):
+        return ""
+    if target > upl:
+        return "consistent_fail" if dirn > 0 else "consistent_pass"
+    if target < lpl:
+        return "consistent_pass" if dirn > 0 else "consistent_fail"
+    return "inconsistent"
 
 
-def _ihi_trend(x: np.ndarray, length: int) -> np.ndarray:
-    """Trend marks, counting only one of successive equal values."""
-    out = np.zeros(len(x), dtype=bool)
-    keep = np.concatenate([[True], np.diff(x) != 0]) if len(x) else np.array([], bool)
-    pos = np.flatnonzero(keep)
-    marks = _trend_points(x[pos], length)
-    for i, p in enumerate(pos):
-        if marks[i]:
-            # mark the repeated values that were skipped too
-            end = pos[i + 1] if i + 1 < len(pos) else len(x)
-            out[p:end] = True
-    # a skipped repeat at the end of a trend belongs to it only up to the last counted point
-    return out
+def _label(v: Any) -> str:
+    if isinstance(v, pd.Timestamp):
+        return v.strftime("%Y-%m")
+    return str(v)
 
 
-def run_chart(
-    values: Sequence[float] | np.ndarray | pd.Series,
-    *,
-    index: Sequence[Any] | pd.Index | None = None,
-    change_at: Sequence[Any] | None = None,
-    improvement: Improvement = None,
-) -> pd.DataFrame:
-    """Run chart with the IHI rules (see the module docstring).
+def summarise(chart: pd.DataFrame, *, raw_limits: pd.DataFrame | None = None) -> SpcSummary:
+    """Icons, signals and warnings of a chart from :func:`xmr` or :func:`p_chart`."""
+    improvement = chart.attrs.get("improvement")
+    has = np.isfinite(chart["value"].to_numpy(float))
+    if not has.any():
+        return SpcSummary("", "", [], ["no period has data"])
+    last = int(np.flatnonzero(has)[-1])
+    variation = _variation_key(str(chart["point_type"].iloc[last]), improvement)
+    lim = raw_limits if raw_limits is not None else chart[["lcl", "ucl"]]
+    assur = assurance(chart.attrs.get("target"), improvement,
+                      float(lim["lcl"].iloc[last]), float(lim["ucl"].iloc[last]))
+    signals: list[str] = []
+    special = chart["special_cause"].to_numpy(bool)
+    types = chart["point_type"].astype(str).to_numpy()
+    labels = [_label(v) for v in chart.index]
+    i = 0
+    while i < len(chart):
+        if not special[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(chart) and special[j + 1] and types[j + 1] == types[i]:
+            j += 1
+        fired = sorted({r for k in range(i, j + 1) for r in str(chart["rules"].iloc[k]).split(",")
+                        if r})
+        what = types[i].replace("special_cause_", "").replace("_", " ")
+        span = labels[i] if i == j else f"{labels[i]} to {labels[j]}"
+        signals.append(f"{span}: {what} ({', '.join(fired)})")
+        i = j + 1
+    warnings: list[str] = []
+    ph = chart["phase"].to_numpy()
+    for p in np.unique(ph):
+        n = int((has & (ph == p)).sum())
+        if 0 < n < MDC_MIN_POINTS:
+            warnings.append(f"phase from {labels[int(np.flatnonzero(ph == p)[0])]} has {n} "
+                            f"points: limits are provisional until there are {MDC_MIN_POINTS}")
+    n_missing = int((~has).sum())
+    if n_missing:
+        warnings.append(f"{n_missing} period(s) without data are shown as gaps")
+    return SpcSummary(variation, assur, signals, warnings)
 
-    Parameters
-    ----------
-    values, index, change_at, improvement
-        As for :func:`xmr`; missing values are not allowed.
 
-    Returns
-    -------
-    pandas.DataFrame
-        Columns ``value, centre`` (median), ``special_cause``, then ``phase, useful`` (not on
-        the median), ``n_runs`` and ``runs_lower``/``runs_upper`` (per phase), ``rule_shift,
-        rule_trend, rule_too_few_runs, rule_too_many_runs, rule_astronomical, rules``.
-        The runs rules are phase-wide (every point of the phase carries them) and are only
-        evaluated with at least 10 useful observations.
+def __getattr__(name: str) -> Any:
+    # the run chart (IHI rules) lives in fracture_qi.qi.runchart; these names stay
+    # importable from here
+    if name in ("IHI_RULES", "run_chart", "runs_limits"):
+        from fracture_qi.qi import runchart
 
-    Examples
-    --------
-    >>> rc = run_chart([1, 2, 3, 4, 5, 3, 3, 2, 3, 1])
-    >>> rc["rule_trend"].tolist()[:6]
-    [True, True, True, True, True, False]
-    """
-    idx = values.index if isinstance(values, pd.Series) and index is None else None
-    x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or not np.all(np.isfinite(x)):
-        raise ValueError("run_chart needs a finite number for every period")
-    ix = _as_index(len(x), index if index is not None else idx)
-    phase = _phases(len(x), ix, change_at)
-    df = pd.DataFrame({"value": x, "phase": phase}, index=ix)
-    for col, default in (
-        ("centre", np.nan),
-        ("useful", False),
-        ("n_runs", 0),
-        ("runs_lower", 0),
-        ("runs_upper", 0),
-    ):
-        df[col] = default
-    for r in IHI_RULES:
-        df[f"rule_{r}"] = False
-    for p in np.unique(phase):
-        sel = np.flatnonzero(phase == p)
-        xp = x[sel]
-        med = float(np.median(xp))
-        useful = xp != med
-        side = np.sign(xp[useful] - med)
-        n_runs = int(1 + np.sum(side[1:] != side[:-1])) if len(side) else 0
-        n_above, n_below = int((side > 0).sum()), int((side < 0).sum())
-        lo, hi = runs_limits(n_above, n_below)
-        # shift: points on the median neither count nor break the run
-        shift = np.zeros(len(xp), dtype=bool)
-        upos = np.flatnonzero(useful)
-        s_marks = _runs_of(side > 0, side < 0, IHI_SHIFT)
-        shift[upos[s_marks]] = True
-        trend = _ihi_trend(xp, IHI_TREND)
-        q1, q3 = np.percentile(xp, [25, 75])
-        iqr = q3 - q1
-        astro = (xp > q3 + 3 * iqr) | (xp < q1 - 3 * iqr) if iqr > 0 else np.zeros(len(xp), bool)
-        enough = int(useful.sum()) >= IHI_MIN_USEFUL
-        c = df.columns.get_loc
-        df.iloc[sel, c("centre")] = med
-        df.iloc[sel, c("useful")] = useful
-        df.iloc[sel, c("n_runs")] = n_runs
-        df.iloc[sel, c("runs_lower")] = lo
-        df.iloc[sel, c("runs_upper")] = hi
-        df.iloc[sel, c("rule_shift")] = shift
-        df.iloc[sel, c("rule_trend")] = trend
-        df.iloc[sel, c("rule_too_few_runs")] = enough and n_runs < lo
-        df.iloc[sel, c("rule_too_many_runs")] = enough and n_runs > hi
-        df.iloc[sel, c("rule_astronomical")] = astro
-    df = _finish(df, IHI_RULES, improvement)
-    return df[
-        ["value", "centre", "special_cause"]
-        + [c for c in df.columns if c not in ("value", "centre", "special_cause")]
-    ]
+        return getattr(runchart, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ASSURANCE_LABELS",
+    "IHI_RULES",
+    "MDC_RULES",
+    "VARIATION_LABELS",
+    "SpcSummary",
+    "assurance",
+    "mdc_rules",
+    "p_chart",
+    "run_chart",
+    "runs_limits",
+    "summarise",
+    "two_of_three",
+    "xmr",
+]

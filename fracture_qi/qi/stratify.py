@@ -1,18 +1,18 @@
 """Measures broken down by site, scanner, referral source, age band, sex and AI model.
 
 :func:`stratified` applies the funnel counts and the accuracy measures within each group of
-``AnalysisData.studies``; :func:`by_model` reloads the data once per screening model (a
-study has one result per model, so models are compared on the same studies).
+``AnalysisData.studies``; :func:`by_model` compares the frames of each screening model (a
+study has one counted result per model, so models are compared on the same studies). Pure
+functions of the frames: the read model loads them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Engine
 
 from fracture_qi.qi.accuracy import accuracy
 from fracture_qi.qi.funnel import stage_masks
@@ -104,30 +104,23 @@ def stratified(
     return pd.DataFrame(rows)
 
 
-def by_model(engine: Engine, *, confidence: float = 0.95, **load_kwargs: Any) -> pd.DataFrame:
-    """:func:`group_summary` for every screening model in the database.
+def by_model(datasets: Mapping[str, Any], *, confidence: float = 0.95) -> pd.DataFrame:
+    """:func:`group_summary` for each screening model, compared on the same studies.
 
     Parameters
     ----------
-    engine
-        The suite's database.
+    datasets
+        ``{model label: AnalysisData}``, e.g. from
+        :func:`fracture_qi.outcomes.readmodel.load_analysis_by_model` (the same selection
+        loaded once per model: a study has one counted result per model).
     confidence
         Interval level.
-    **load_kwargs
-        Passed to :func:`fracture_qi.outcomes.dataset.load_analysis` (period, sites,
-        flag_grade...; not ``model``).
 
     Returns
     -------
     pandas.DataFrame
-        One row per model.
+        One row per model, sorted by model.
     """
-    from fracture_qi.outcomes.dataset import load_analysis
-
-    load_kwargs.pop("model", None)
-    first = load_analysis(engine, **load_kwargs)
-    rows = []
-    for m in first.models["model"]:
-        data = first if m == first.model else load_analysis(engine, model=m, **load_kwargs)
-        rows.append({"model": m, **group_summary(data.studies, confidence=confidence)})
+    rows = [{"model": m, **group_summary(d.studies, confidence=confidence)}
+            for m, d in sorted(datasets.items())]
     return pd.DataFrame(rows)

@@ -9,5 +9,8 @@
 * :mod:`.export` - byte-stable CSV tables, notebooks to HTML without code;
 * :mod:`.figures` - one chart description rendered by plotly (HTML) and matplotlib (PNG);
 * :mod:`.context`, :mod:`.tables` - what the notebooks call (selection, suppressed tables);
-* :mod:`.fixtures` - realistic synthetic database rows for tests and benchmarks.
+* :mod:`.stamp` - the context every output states (filter, mode, cut-off, run, code);
+* :mod:`.pack` - the conference pack as slides (PPTX and PDF).
+
+Simulated sites for tests, benchmarks and the demo: :mod:`fracture_qi.simulation`.
 """

@@ -63,6 +63,8 @@ class AuditContext:
     publish: bool
     params: dict[str, Any] = field(default_factory=dict)
     _data: Any = None
+    _agg: Any = None
+    _code: str = ""
 
     @classmethod
     def open(
@@ -95,7 +97,8 @@ class AuditContext:
         model
             ``model_id`` or ``model_id:version``; empty: the model with most results.
         flag_grade
-            Genant grade at or above which a study counts as AI-flagged.
+            Genant grade at or above which a study counts as AI-flagged (0 or None: the
+            screening run's own flag, as the dashboard counts).
         cutoff
             Data cut-off (ISO date): later events count as not yet happened. Empty: the end of
             the period, or the latest date in the data (as
@@ -116,12 +119,94 @@ class AuditContext:
                 dt.date.fromisoformat(period_end) if period_end else last,
             )
         params = {"period": period, "sites": list(sites) if sites else None,
-                  "model": model or None, "flag_grade": flag_grade,
+                  "model": model or None, "flag_grade": flag_grade or None,
                   "cutoff": dt.date.fromisoformat(cutoff) if cutoff else None}
         out = Path(out_dir)
         for sub in ("tables", "figures"):
             (out / sub).mkdir(parents=True, exist_ok=True)
         return cls(m, engine, out, publish, params)
+
+    @property
+    def agg(self) -> Any:
+        """The :class:`~fracture_qi.qi.aggregate.Aggregate` of the selection: the one path
+        the dashboard uses too, so a figure here equals the dashboard's for the same filter."""
+        if self._agg is None:
+            from fracture_qi.qi.aggregate import Aggregate
+
+            self._agg = Aggregate.from_analysis(self.data, meta=self.meta)
+        return self._agg
+
+    @property
+    def filters(self) -> dict[str, Any]:
+        """The selection as an aggregate filter (the data are already the period and sites)."""
+        return {"model": self.data.model} if self.data.model else {}
+
+    @property
+    def totals(self) -> dict[str, float]:
+        """Study counts of the selection (:meth:`Aggregate.totals`)."""
+        return self.agg.totals(self.filters)
+
+    @property
+    def episode_totals(self) -> dict[str, float]:
+        """FLS episode (KPI) counts of the selection."""
+        return self.agg.episode_totals(self.filters)
+
+    @property
+    def expected_caseload(self) -> int | None:
+        """The manifest's ``fls.expected_caseload_per_year`` (FLS-DB KPI 2), or None."""
+        fls = getattr(self.manifest, "fls", None)
+        return getattr(fls, "expected_caseload_per_year", None)
+
+    @property
+    def changes(self) -> list[tuple[str, str]]:
+        """The manifest's QI changes that recalculate SPC limits, as ``(date, label)``."""
+        fls = getattr(self.manifest, "fls", None)
+        return [(c.date.isoformat(), c.label) for c in getattr(fls, "changes", []) if c.rebase]
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        """The manifest's other QI changes, drawn on the SPC charts: ``{date: label}``."""
+        fls = getattr(self.manifest, "fls", None)
+        return {c.date.isoformat(): c.label for c in getattr(fls, "changes", [])
+                if not c.rebase}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Name and synthetic/simulated flags of the site (labels every output)."""
+        from fracture_qi.reporting.stamp import meta_from_manifest
+
+        return meta_from_manifest(self.manifest)
+
+    @property
+    def code_version(self) -> str:
+        if not self._code:
+            from fracture_qi.integrity import code_label
+
+            self._code = code_label()
+        return self._code
+
+    @property
+    def context(self) -> dict[str, str]:
+        """What every page, table and chart of the run states."""
+        from fracture_qi.reporting.stamp import context
+
+        d = self.data
+        filters: dict[str, Any] = {}
+        if d.period:
+            filters["month"] = (str(d.period[0]), str(d.period[1]))
+        if d.sites:
+            filters["site"] = list(d.sites)
+        filters["model"] = d.model or "none"
+        return context(filters=filters, mode=self.mode, cutoff=str(d.cutoff),
+                       run=self.out_dir.resolve().name, code_version=self.code_version,
+                       meta=self.meta)
+
+    @property
+    def caption(self) -> str:
+        """:attr:`context` as one line (chart captions)."""
+        from fracture_qi.reporting.stamp import context_line
+
+        return context_line(self.context)
 
     @property
     def mode(self) -> str:
@@ -132,7 +217,7 @@ class AuditContext:
     def data(self) -> Any:
         """The :class:`~fracture_qi.outcomes.dataset.AnalysisData` of the selection (loaded once)."""
         if self._data is None:
-            from fracture_qi.outcomes.dataset import load_analysis
+            from fracture_qi.outcomes.readmodel import load_analysis
 
             self._data = load_analysis(self.engine, **self.params)
         return self._data
@@ -149,9 +234,14 @@ class AuditContext:
                 "from fewer than 8 patients are hidden."
                 if self.publish else
                 "**Internal mode**: exact counts, for the FLS team only; not for publication.")
+        ctx = self.context
+        banner = f"**{ctx['data'].upper()}**\n\n" if ctx.get("data") else ""
+        grade = d.flag_grade or "the screening run's own flag"
         return Markdown(
+            f"{banner}Run **{ctx['run']}** · code {ctx['code version']} · data cut-off "
+            f"{d.cutoff}\n\n"
             f"Period: {period} · Sites: {sites} · AI model: {d.model or 'none'} · "
-            f"Flag grade: {d.flag_grade or 'engine default'} · Data cut-off: {d.cutoff}\n\n"
+            f"Flag grade: {grade} · Data cut-off: {d.cutoff}\n\n"
             f"{mode}"
         )
 
@@ -189,11 +279,14 @@ class AuditContext:
         from IPython.display import HTML
 
         cap = f"<p><b>{caption}</b></p>" if caption else ""
-        return HTML(cap + df.to_html(index=False, border=0, na_rep="", float_format=_fmt))
+        foot = f"<p style='font-size:11px;color:#555'>{_escape(self.caption)}</p>"
+        return HTML(cap + df.to_html(index=False, border=0, na_rep="", float_format=_fmt) + foot)
 
     def figure(self, name: str, chart: Chart) -> Any:
         """Write ``figures/NAME.html`` and ``.png``; return the PNG for display."""
         _check_name(name)
+        if not chart.caption:
+            chart.caption = self.caption
         paths = save_chart(chart, self.out_dir / "figures", name)
         from IPython.display import Image
 
@@ -211,6 +304,12 @@ def _study_date_range(engine: Any) -> tuple[dt.date, dt.date]:
         lo, hi = c.execute(select(func.min(S.Study.study_date), func.max(S.Study.study_date))).one()
     today = dt.date.today()
     return (lo or today, hi or today)
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 def _fmt(x: float) -> str:

@@ -227,10 +227,19 @@ def file_texts(path: Path) -> Iterable[str]:
     """The text in a file that a reader could see, for scanning.
 
     Notebooks are parsed (their strings, without base64 images); PNGs give their text
-    chunks; any other file is decoded as UTF-8 (invalid bytes replaced), so binary files
-    are still searched for ASCII identifiers.
+    chunks; slide decks (``.pptx``, ``.docx``, ``.xlsx``: zipped XML) give the text of every
+    XML part (slides, notes, properties); PDFs give their text layer (``pdftotext`` from
+    poppler-utils; without it the PDF's own text strings, and a warning); any other file is
+    decoded as UTF-8 (invalid bytes replaced), so binary files are still searched for ASCII
+    identifiers.
     """
     suffix = path.suffix.lower()
+    if suffix in (".pptx", ".docx", ".xlsx"):
+        yield from _office_texts(path)
+        return
+    if suffix == ".pdf":
+        yield from _pdf_texts(path)
+        return
     if suffix == ".ipynb":
         try:
             yield from _notebook_texts(json.loads(path.read_text(encoding="utf-8")))
@@ -247,6 +256,43 @@ def file_texts(path: Path) -> Iterable[str]:
         except OSError:
             log.warning("%s is not a readable PNG; scanning its bytes as text", path)
     yield path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _office_texts(path: Path) -> Iterable[str]:
+    """The text of every XML part of an Office file (tags dropped, runs joined)."""
+    import re
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(z.namelist()):
+                if name.endswith((".xml", ".rels")):
+                    xml = z.read(name).decode("utf-8", errors="replace")
+                    # one run per text node: a name split over two runs is still one string
+                    yield " ".join(re.findall(r">([^<>]+)<", xml))
+                    yield re.sub(r"<[^>]+>", "", xml)
+    except zipfile.BadZipFile:
+        log.warning("%s is not a readable Office file; scanning its bytes as text", path)
+        yield path.read_bytes().decode("utf-8", errors="replace")
+
+
+def _pdf_texts(path: Path) -> Iterable[str]:
+    """A PDF's text layer (``pdftotext``), plus its raw bytes (document properties)."""
+    import shutil
+    import subprocess
+
+    raw = path.read_bytes()
+    yield raw.decode("latin-1", errors="replace")
+    exe = shutil.which("pdftotext")
+    if exe is None:
+        log.warning("pdftotext (Debian poppler-utils) not found: %s scanned as raw bytes only",
+                    path)
+        return
+    out = subprocess.run([exe, "-layout", str(path), "-"], capture_output=True, timeout=120,
+                         check=False)
+    if out.returncode != 0:
+        log.warning("pdftotext could not read %s: %s", path, out.stderr.decode(errors="replace"))
+    yield out.stdout.decode("utf-8", errors="replace")
 
 
 def scan_paths(paths: Iterable[Path], index: IdentifierIndex) -> dict[Path, set[str]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fracture_qi.csvsafe import write_frame
+from fracture_qi.csvsafe import frame_to_csv
 from fracture_qi.errors import ReportError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,25 @@ def write_table(
     >>> p.read_text()
     'x\\n0.1000\\n2.0000\\n'
     """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(table_bytes(df, sort_by=sort_by))
+    return p
+
+
+def table_bytes(df: pd.DataFrame, *, sort_by: Sequence[str] | None = None) -> bytes:
+    """The byte-stable CSV of *df* (what :func:`write_table` writes; the dashboard's zip of
+    tables uses it too, so every CSV the suite publishes is written in one place).
+
+    Examples
+    --------
+    >>> table_bytes(pd.DataFrame({"x": [0.5]}))
+    b'x\\n0.5000\\n'
+    """
     table = stable_table(df, sort_by)
-    return write_frame(table, path, index=False, float_format=FLOAT_FORMAT,
-                       lineterminator="\n", na_rep="")
+    text = frame_to_csv(table, index=False, float_format=FLOAT_FORMAT, lineterminator="\n",
+                        na_rep="")
+    return text.encode("utf-8")
 
 
 def notebook_to_html(notebook: str | Path, html: str | Path, *, title: str | None = None) -> Path:

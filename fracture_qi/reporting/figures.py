@@ -27,9 +27,29 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-#: colour-blind-safe palette (Okabe-Ito)
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-SPECIAL_CAUSE = "#D55E00"
+#: NHS identity colours (NHS England identity guidelines: colour palette)
+NHS = {"blue": "#005EB8", "dark_blue": "#003087", "bright_blue": "#0072CE",
+       "light_blue": "#41B6E6", "aqua_blue": "#00A9CE", "dark_grey": "#425563",
+       "mid_grey": "#768692", "pale_grey": "#E8EDEE", "warm_yellow": "#FFB81C",
+       "green": "#009639", "red": "#DA291C", "orange": "#ED8B00", "black": "#231F20"}
+#: chart palette: NHS blues first, then colour-blind-distinguishable NHS colours
+PALETTE = (NHS["blue"], NHS["warm_yellow"], NHS["green"], NHS["dark_grey"], NHS["aqua_blue"],
+           NHS["orange"], NHS["dark_blue"], NHS["black"])
+#: Making Data Count point colours (as NHSRplotthedots draws them)
+MDC_COLOURS = {"common_cause": "#a6a6a6", "special_cause_improvement": "#00b0f0",
+               "special_cause_concern": "#e46c0a", "special_cause_neutral_high": "#490092",
+               "special_cause_neutral_low": "#490092", "target": "#de1b1b",
+               "mean": "#000000", "limits": "#a6a6a6"}
+SPECIAL_CAUSE = MDC_COLOURS["special_cause_concern"]
+#: icon key -> (circle colour, text) for the variation and assurance icons
+ICONS: dict[str, tuple[str, str]] = {
+    "common_cause": ("#a6a6a6", "~"),
+    "improvement_high": ("#00b0f0", "H\u25b2"), "improvement_low": ("#00b0f0", "L\u25bc"),
+    "concern_high": ("#e46c0a", "H\u25b2"), "concern_low": ("#e46c0a", "L\u25bc"),
+    "neutral_high": ("#490092", "H"), "neutral_low": ("#490092", "L"),
+    "consistent_pass": ("#00b0f0", "P"), "consistent_fail": ("#e46c0a", "F"),
+    "inconsistent": ("#a6a6a6", "?"),
+}
 
 
 @dataclass
@@ -44,7 +64,8 @@ class Trace:
         Values; ``None`` in *y* is a gap (e.g. a suppressed value).
     kind
         ``"bar"``, ``"barh"`` (x holds the values, y the categories), ``"line"``,
-        ``"markers"``, ``"path"`` (a line without markers), ``"step"`` (a Kaplan-Meier style post-step) or ``"band"`` (a shaded
+        ``"markers"``, ``"hollow"`` (open markers), ``"path"`` (a line without markers),
+        ``"step"`` (a Kaplan-Meier style post-step) or ``"band"`` (a shaded
         area between *low* and *high*).
     low, high
         Error bar / band limits (same length as *y*), optional.
@@ -73,6 +94,12 @@ class Chart:
     note: str = ""
     ypercent: bool = False
     yrange: tuple[float, float] | None = None
+    #: vertical notes: (x, text), e.g. a QI change date
+    annotations: list[tuple[Any, str]] = field(default_factory=list)
+    #: Making Data Count icon keys (:data:`ICONS`), drawn top right
+    icons: list[str] = field(default_factory=list)
+    #: the context line every output carries (filter, mode, cut-off, run, code version)
+    caption: str = ""
 
 
 def _clean(values: Sequence[Any] | None) -> list[Any] | None:
@@ -133,23 +160,53 @@ def to_plotly(chart: Chart, *, template: str | None = "plotly_white") -> Any:
                                      fill="tonexty", fillcolor=_rgba(color, 0.2), name=t.name,
                                      hoverinfo="skip"))
         else:
-            mode = {"line": "lines+markers", "markers": "markers", "step": "lines",
-                    "path": "lines"}[t.kind]
+            mode = {"line": "lines+markers", "markers": "markers", "hollow": "markers",
+                    "step": "lines", "path": "lines"}[t.kind]
             line = dict(color=color, dash=t.dash, shape="hv" if t.kind == "step" else "linear")
+            marker = dict(color=color, size=8)
+            if t.kind == "hollow":
+                marker = dict(color=color, size=9, symbol="circle-open")
             fig.add_trace(go.Scatter(name=t.name, x=x, y=y, mode=mode, line=line,
-                                     marker=dict(color=color, size=8), error_y=err,
-                                     connectgaps=False))
+                                     marker=marker, error_y=err, connectgaps=False))
     title = chart.title + (f"<br><sup>{chart.note}</sup>" if chart.note else "")
+    notes: list[dict[str, Any]] = []
+    for x, text in chart.annotations:
+        fig.add_vline(x=x, line=dict(color=NHS["dark_grey"], dash="dot", width=1))
+        notes.append(dict(x=x, y=1.0, yref="paper", text=text, showarrow=False, xanchor="left",
+                          yanchor="top", font=dict(size=10, color=NHS["dark_grey"])))
+    for i, key in enumerate(chart.icons):
+        colour, text = ICONS.get(key.split(":")[-1], ("#a6a6a6", "?"))
+        notes.append(dict(x=1.0 - 0.055 * i, y=1.13, xref="paper", yref="paper", text=f"<b>{text}</b>",
+                          showarrow=False, bgcolor=colour, bordercolor=colour, borderpad=5,
+                          font=dict(color="white", size=12), xanchor="right",
+                          hovertext=key.replace("_", " ")))
+    if chart.caption:
+        notes.append(dict(x=0, y=-0.32, xref="paper", yref="paper", text=chart.caption,
+                          showarrow=False, xanchor="left", font=dict(size=9, color="#555")))
     fig.update_layout(
-        title=title, xaxis_title=chart.xlabel, yaxis_title=chart.ylabel, barmode="group", legend=dict(orientation="h", y=-0.2), margin=dict(l=60, r=20, t=70, b=60),
+        title=title, xaxis_title=chart.xlabel, yaxis_title=chart.ylabel, barmode="group",
+        legend=dict(orientation="h", y=-0.2), margin=dict(l=60, r=20, t=80, b=90 if chart.caption else 60),
+        annotations=notes,
     )
     if template:
         fig.update_layout(template=template)
+    if not chart.traces:  # nothing to chart: say why, without empty axes
+        fig.update_xaxes(visible=False)
+        fig.update_yaxes(visible=False)
+        fig.add_annotation(text=chart.note or "nothing to chart", x=0.5, y=0.5, xref="paper",
+                           yref="paper", showarrow=False, font=dict(size=13, color="#555"))
+        return fig
     if chart.ypercent:
         fig.update_yaxes(tickformat=".0%")
     if chart.yrange:
         fig.update_yaxes(range=list(chart.yrange))
     return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
 
 
 def _rgba(hex_color: str, alpha: float) -> str:
@@ -214,9 +271,10 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
                     linestyle={"dash": "--", "dot": ":"}.get(t.dash, "-"))
         else:
             style = {"dash": "--", "dot": ":"}.get(t.dash, "-")
-            marker = "o" if t.kind in ("line", "markers") else None  # "path": no markers
-            ls = "none" if t.kind == "markers" else style
-            ax.plot(x, y, color=color, linestyle=ls, marker=marker, markersize=4, label=t.name)
+            marker = "o" if t.kind in ("line", "markers", "hollow") else None  # "path": none
+            ls = "none" if t.kind in ("markers", "hollow") else style
+            ax.plot(x, y, color=color, linestyle=ls, marker=marker, markersize=4, label=t.name,
+                    markerfacecolor="none" if t.kind == "hollow" else color)
             if lo is not None and hi is not None:
                 ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
                             fmt="none", ecolor="#444", capsize=2)
@@ -231,6 +289,13 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
         if len(ticks) > 14:
             ax.set_xticks(ticks[::3])
     ax.set_title(chart.title)
+    if not chart.traces:  # nothing to chart: say why, without empty axes
+        ax.axis("off")
+        ax.text(0.5, 0.5, "\n".join(_wrap(chart.note or "nothing to chart", 90)),
+                ha="center", va="center", fontsize=10, color="#555", transform=ax.transAxes)
+        if chart.caption:
+            fig.text(0.01, 0.01, chart.caption, fontsize=6.5, color="#555", wrap=True)
+        return fig
     ax.set_xlabel(chart.xlabel)
     ax.set_ylabel(chart.ylabel)
     if chart.ypercent:
@@ -240,11 +305,29 @@ def to_matplotlib(chart: Chart, *, size: tuple[float, float] = (8.0, 4.5)) -> An
     if chart.yrange:
         ax.set_ylim(*chart.yrange)
     ax.grid(True, axis="y", alpha=0.3)
-    if len(chart.traces) > 1:
+    for x, text in chart.annotations:
+        xs = _clean([x])[0]
+        if any(isinstance(v, str) for t in chart.traces for v in t.x):
+            cats = [str(v) for v in chart.traces[0].x] if chart.traces else []
+            xs = cats.index(str(x)) if str(x) in cats else None
+        if xs is not None:
+            ax.axvline(xs, color=NHS["dark_grey"], linestyle=":", linewidth=1)
+            ax.text(xs, 0.98, " " + text, transform=ax.get_xaxis_transform(), fontsize=7,
+                    color=NHS["dark_grey"], va="top")
+    for i, key in enumerate(chart.icons):
+        colour, text = ICONS.get(key.split(":")[-1], ("#a6a6a6", "?"))
+        ax.text(0.99 - 0.07 * i, 1.02, text.replace("\u25b2", "^").replace("\u25bc", "v"),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="white",
+                fontweight="bold", bbox=dict(boxstyle="circle,pad=0.3", fc=colour, ec=colour))
+    if len(chart.traces) > 4:  # many series (SPC): the legend below, off the data
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4,
+                  frameon=False)
+    elif len(chart.traces) > 1:
         ax.legend(fontsize=8, loc="best")
-    if chart.note:
-        fig.text(0.01, 0.01, chart.note, fontsize=7, color="#555")
-    fig.tight_layout()
+    footer = " ".join(x for x in (chart.note, chart.caption) if x)
+    if footer:
+        fig.text(0.01, 0.01, footer, fontsize=6.5, color="#555", wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if footer else 0, 1, 1))
     return fig
 
 
@@ -313,26 +396,70 @@ def funnel_chart(df: pd.DataFrame, *, stage: str = "stage", count: str = "count"
 
 
 def spc_chart(df: pd.DataFrame, *, x: str = "month", title: str = "", ylabel: str = "",
-              percent: bool = False, note: str = "") -> Chart:
-    """An SPC chart from a table with ``value, centre, lcl, ucl, special_cause`` per point.
+              percent: bool = False, note: str = "", target: float | None = None,
+              icons: Sequence[str] = (), annotations: Sequence[tuple[Any, str]] = (),
+              caption: str = "") -> Chart:
+    """A Making Data Count chart from a table with ``value, centre, lcl, ucl`` and
+    ``point_type`` per point (:mod:`fracture_qi.qi.spc`).
 
-    Special-cause points are drawn again in orange so they stand out.
+    Grey line and points for common cause; blue for special cause improvement, orange for
+    concern, purple for neutral (the MDC colours); black mean, grey dashed process limits, a
+    red dashed target; months without data (or suppressed) are gaps, marked at the foot of
+    the chart; the variation and assurance icons top right; QI changes as dotted lines.
     """
     xs = [str(v) for v in df[x]]
     vals = [_num(v) for v in df["value"]]
+    types = [str(t) for t in df.get("point_type", pd.Series(["common_cause"] * len(df)))]
     traces = [
-        Trace("value", xs, vals, kind="line", color=PALETTE[0]),
-        Trace("centre", xs, [_num(v) for v in df["centre"]], kind="line", color="#555"),
-        Trace("upper limit", xs, [_num(v) for v in df["ucl"]], kind="line", color="#999", dash="dash"),
-        Trace("lower limit", xs, [_num(v) for v in df["lcl"]], kind="line", color="#999", dash="dash"),
+        Trace("value", xs, vals, kind="path", color=MDC_COLOURS["common_cause"]),
+        Trace("mean", xs, [_num(v) for v in df["centre"]], kind="path", color=MDC_COLOURS["mean"]),
+        Trace("upper process limit", xs, [_num(v) for v in df["ucl"]], kind="path",
+              color=MDC_COLOURS["limits"], dash="dash"),
+        Trace("lower process limit", xs, [_num(v) for v in df["lcl"]], kind="path",
+              color=MDC_COLOURS["limits"], dash="dash"),
     ]
-    if "special_cause" in df:
-        sc = [v if bool(s) and v is not None else None for v, s in zip(vals, df["special_cause"].fillna(False))]
-        if any(v is not None for v in sc):
-            traces.append(Trace("special cause", xs, sc, kind="markers", color=SPECIAL_CAUSE))
-    for t in traces[1:4]:
-        t.kind = "path"  # limits are lines without markers
-    return Chart(title=title, traces=traces, xlabel=x, ylabel=ylabel, note=note, ypercent=percent)
+    if target is not None:
+        traces.append(Trace("target", xs, [target] * len(xs), kind="path",
+                            color=MDC_COLOURS["target"], dash="dash"))
+    names = {"common_cause": "common cause", "special_cause_improvement": "special cause: improvement",
+             "special_cause_concern": "special cause: concern",
+             "special_cause_neutral_high": "special cause (high)",
+             "special_cause_neutral_low": "special cause (low)"}
+    for kind, name in names.items():
+        ys = [v if t == kind else None for v, t in zip(vals, types)]
+        if any(v is not None for v in ys):
+            traces.append(Trace(name, xs, ys, kind="markers", color=MDC_COLOURS[kind]))
+    gaps = [t in ("missing", "suppressed") for t in types]
+    if any(gaps):
+        # a hollow mark on the mean line: the month is there, its value is not shown
+        centre = [_num(v) for v in df["centre"]]
+        traces.append(Trace("no data / suppressed (value not shown)", xs,
+                            [(c if c is not None else 0.0) if g else None
+                             for g, c in zip(gaps, centre)], kind="hollow",
+                            color=NHS["mid_grey"]))
+    return Chart(title=title, traces=traces, xlabel=x, ylabel=ylabel, note=note,
+                 ypercent=percent, icons=list(icons), annotations=list(annotations),
+                 caption=caption)
+
+
+def panel_chart(panel: Any, caption: str = "") -> Chart:
+    """The chart of a :class:`fracture_qi.qi.spc_panels.SpcPanel` (an empty chart with the
+    reason when the panel is withheld)."""
+    if panel.chart is None:
+        return Chart(panel.title, note=panel.message, caption=caption,
+                     ypercent=panel.percent)
+    icons = []
+    if panel.summary is not None:
+        if panel.summary.variation:
+            icons.append(f"variation:{panel.summary.variation}")
+        if panel.summary.assurance:
+            icons.append(f"assurance:{panel.summary.assurance}")
+    label = panel.summary.variation_label if panel.summary is not None else ""
+    note = " ".join(x for x in (label + "." if label else "", panel.message) if x)
+    return spc_chart(panel.chart, title=panel.title, percent=panel.percent,
+                     ylabel="proportion" if panel.percent else "studies", note=note,
+                     target=panel.target, icons=icons,
+                     annotations=sorted(panel.annotations.items()), caption=caption)
 
 
 def proportion_chart(df: pd.DataFrame, *, category: str, estimate: str = "estimate",

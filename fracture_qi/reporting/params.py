@@ -2,7 +2,7 @@
 
 Each audit notebook has a cell tagged ``parameters`` with typed, commented defaults, e.g.::
 
-    flag_grade: int = 2  # Genant grade at or above which the AI flags a study
+    flag_grade: int = 0  # Genant grade at or above which the AI flags a study (0: the run's flag)
 
 :func:`notebook_parameters` reads those cells (papermill's own inspector) so the notebooks
 stay the single place where a parameter is declared. :func:`validate_parameters` then checks
@@ -266,9 +266,10 @@ def validate_parameters(
         v = coerce(key, value, specs[key].type)
         if key in ("period_start", "period_end", "change_date", "cutoff"):
             _check_date(key, v)
-        elif key == "flag_grade" and v not in (1, 2, 3):
+        elif key == "flag_grade" and v not in (0, 1, 2, 3):
             raise ReportError(
-                f"parameter 'flag_grade': {v!r} is not a Genant grade. Allowed: 1, 2 or 3"
+                f"parameter 'flag_grade': {v!r} is not a Genant grade. Allowed: 0 (the "
+                "screening run's own flag, as the dashboard counts), 1, 2 or 3"
             )
         elif key == "device" and v not in DEVICES:
             raise ReportError(f"parameter 'device': {v!r}. Allowed: {', '.join(DEVICES)}")
@@ -284,7 +285,8 @@ def validate_parameters(
         elif key == "model" and models is not None and v and v not in models:
             raise ReportError(
                 f"parameter 'model': {v!r} has no screenings in the database. Allowed: "
-                f"{', '.join(sorted(models)) or '(nothing screened yet)'}, or '' for the latest"
+                f"{', '.join(sorted(models)) or '(nothing screened yet)'}, or '' for the "
+                "default model"
             )
         out[key] = v
     start, end = out.get("period_start"), out.get("period_end")

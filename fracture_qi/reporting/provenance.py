@@ -11,16 +11,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib.metadata
+import json
 import logging
+import os
 import platform
-import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
-from fracture_qi import __version__
+from fracture_qi.integrity import canonical_json, code_version, sha256_file, sha256_text
 from fracture_qi.store import schema as S
 
 log = logging.getLogger(__name__)
@@ -57,28 +58,10 @@ STATE_COLUMNS: dict[Any, tuple[str, ...]] = {
         "id", "source", "record_id", "patient_key", "study_id", "reported_by_radiology",
         "known_to_fls", "on_therapy_before", "referral_date", "assessment_date", "dxa_date",
         "therapy_recommended", "therapy_recommended_date", "drug", "therapy_start_date",
-        "adherent_52w", "death_date",
+        "adherent_52w", "death_date", "index_fracture_site", "falls_assessment_date",
+        "strength_balance_date", "followup_date",
     ),
 }
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
-    ...     _ = f.write(b"abc")
-    >>> sha256_file(f.name)[:16]
-    'ba7816bf8f01cfea'
-    >>> os.remove(f.name)
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _canonical(value: Any) -> str:
@@ -150,50 +133,6 @@ def db_state_hash(engine: Engine, *, batch: int = 50_000) -> dict[str, Any]:
     return {"sha256": overall.hexdigest(), "tables": tables}
 
 
-def code_version(start: str | Path | None = None) -> dict[str, Any]:
-    """The git commit of the code and whether the working tree was clean.
-
-    Parameters
-    ----------
-    start
-        A folder inside the repository (default: this package's folder).
-
-    Returns
-    -------
-    dict
-        ``package_version``; ``commit`` (hex, or ``None`` outside git or before the first
-        commit); ``clean`` (``True``/``False``, ``None`` when unknown); ``describe`` (a short
-        human label).
-    """
-    where = Path(start) if start else Path(__file__).resolve().parent
-    info: dict[str, Any] = {"package_version": __version__, "commit": None, "clean": None}
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=where, capture_output=True, text=True, timeout=20,
-                check=False,  # a non-zero status (no commits yet) is an answer, not an error
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top is None:
-        info["describe"] = f"fracture-qi {__version__} (not a git checkout)"
-        return info
-    info["commit"] = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    info["clean"] = None if status is None else status == ""
-    if info["commit"] is None:
-        info["describe"] = f"fracture-qi {__version__} (git repository without commits)"
-        info["clean"] = False
-    else:
-        dirty = "" if info["clean"] else "-dirty"
-        info["describe"] = f"{info['commit'][:12]}{dirty}"
-    return info
-
-
 def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str | None]:
     """Installed versions of *names* (``None`` for a package that is not installed).
 
@@ -253,8 +192,36 @@ def manifest_inputs(manifest: Any) -> dict[str, Any]:
     return out
 
 
+def ran_by(command: str) -> dict[str, str]:
+    """Who ran an audit, where, and with what command (the provenance's ``ran_by``)."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name (a container without a passwd entry)
+        user = os.environ.get("USER") or "unknown"
+    return {"user": user, "host": socket.gethostname() or platform.node() or "unknown",
+            "command": command}
+
+
+def provenance_hash(provenance: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a provenance record without its ``integrity`` key.
+
+    ``provenance.json`` carries this hash, and the run's ``audit_runs`` row keeps it, so an
+    edit of the file after the run is detected by ``fracture-qi audit --verify``.
+
+    Examples
+    --------
+    >>> provenance_hash({"run": "x"}) == provenance_hash({"run": "x", "integrity": {}})
+    True
+    """
+    body = {k: v for k, v in provenance.items() if k != "integrity"}
+    return sha256_text(canonical_json(json.loads(json.dumps(body, default=str))))
+
+
 def environment() -> dict[str, str]:
-    """Python and platform (no host name: reports may leave the building)."""
+    """Python and platform (who ran it and where is under ``ran_by``)."""
     return {
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),

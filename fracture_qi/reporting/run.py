@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -185,20 +186,12 @@ def _known_values(engine: Any) -> tuple[list[str], list[str]]:
 
 
 def _default_model(engine: Any) -> str | None:
-    """``model_id:version`` with most screenings (latest first on a tie): the model the
-    notebooks report on when ``model`` is not given, as ``load_analysis`` chooses it."""
-    from sqlalchemy import func, select
+    """The model the notebooks report on when ``model`` is not given (the default model of
+    :mod:`fracture_qi.screening.counting`, as ``load_analysis`` chooses it)."""
+    from fracture_qi.screening.counting import resolve_model
 
-    from fracture_qi.store import schema as S
-
-    with engine.connect() as c:
-        row = c.execute(
-            select(S.Screening.model_id, S.Screening.model_version)
-            .group_by(S.Screening.model_id, S.Screening.model_version)
-            .order_by(func.count().desc(), func.max(S.Screening.created_at).desc())
-            .limit(1)
-        ).first()
-    return f"{row[0]}:{row[1]}" if row else None
+    ref = resolve_model(engine)
+    return ref.label if ref else None
 
 
 def _prepare_out_dir(out: Path, overwrite: bool) -> None:
@@ -258,6 +251,7 @@ def run_audit(
     timeout: int | None = 1800,
     raise_on_failure: bool = True,
     progress: bool = False,
+    command: str | None = None,
 ) -> AuditResult:
     """Run the audit notebooks for a manifest into *out_dir*.
 
@@ -290,6 +284,9 @@ def run_audit(
         Raise :class:`ReportError` (after writing everything) when the run failed.
     progress
         Show a progress bar over the notebooks.
+    command
+        The command that started the run, for the provenance (the CLI passes its own
+        command line; default: this function call).
 
     Returns
     -------
@@ -364,22 +361,30 @@ def run_audit(
 
     state_after = prov.db_state_hash(engine)
     model_ids = sorted({m for m in models if ":" in m})
+    label = _data_label(manifest)
     provenance: dict[str, Any] = {
         "run": out.name,
+        "audit_run_id": run_row,
         "mode": "publish" if publish else "internal",
         "parameters": {**user, "publish": publish},
         "defaults": {k: s.default for k, s in specs.items() if k not in base},
-        "manifest_path": base["manifest"],
+        # relative to the run folder: a copied site (manifest, database and reports) verifies
+        "manifest_path": os.path.relpath(base["manifest"], out),
         "code": code,
         "packages": prov.package_versions(),
         "environment": prov.environment(),
+        "ran_by": prov.ran_by(command or _call_text(manifest_path, out, user, publish)),
         "inputs": inputs,
         "models_in_database": model_ids,
         "model": user.get("model") or _default_model(engine),
         "database_state": {"before": state_before, "after": state_after},
         "notebooks": [asdict(o) for o in outcomes],
         "started_at": started,
+        "data_label": label,
+        "kpi_source": _kpi_source(),
+        "data_cutoff": _data_cutoff(engine),
     }
+    provenance["context_line"] = _context_line(provenance, code)
     failures = [o for o in outcomes if o.status != "ok"]
     for o in outcomes:
         target = out / o.output
@@ -396,6 +401,15 @@ def run_audit(
                 failures.append(o)
                 o.status, o.error = "failed", str(e)
     error: str | None = None
+    try:
+        from fracture_qi.reporting.pack import build_pack
+
+        pack = build_pack(out, provenance)
+        provenance["slides"] = {k: str(v.relative_to(out)) for k, v in pack.items()}
+    except Exception as e:  # noqa: BLE001 - a pack that cannot be drawn fails the run, named
+        log.error("conference pack not written: %s", e)
+        failures.append(NotebookOutcome("slides", "failed", 0.0, "slides",
+                                        error=f"{type(e).__name__}: {e}"))
     if failures:
         error = "; ".join(f"{o.notebook}: {o.error}" for o in failures) + (
             f". The failed notebooks are kept in {out / 'notebooks'} with the error at the top"
@@ -421,11 +435,11 @@ def run_audit(
             provenance["disclosure"] = "internal run: identifiers found; not for publication"
     else:
         provenance["disclosure"] = "scanned: no patient identifier found"
-    _write_provenance(out, provenance)
 
     status = "failed" if error else "ok"
     published = bool(publish and status == "ok")
-    _finish_row(engine, run_row, status, published, error, state_after)
+    digest = _write_provenance(out, provenance)
+    _finish_row(engine, run_row, status, published, error, state_after, digest)
     result = AuditResult(
         name=out.name, out_dir=out, status=status, published=published, notebooks=outcomes,
         audit_run_id=run_row, provenance=provenance, error=error,
@@ -441,10 +455,59 @@ def run_audit(
     return result
 
 
-def _write_provenance(out: Path, provenance: dict[str, Any]) -> None:
+def _write_provenance(out: Path, provenance: dict[str, Any]) -> str:
+    """Write ``provenance.json`` with its own hash (``integrity.sha256``: SHA-256 of the
+    canonical JSON of everything else), and return that hash (kept in ``audit_runs``)."""
+    provenance.pop("integrity", None)
+    digest = prov.provenance_hash(provenance)
+    provenance["integrity"] = {"sha256": digest, "covers": "canonical JSON of every other key"}
     (out / PROVENANCE).write_text(
         json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
     )
+    return digest
+
+
+def _data_label(manifest: Any) -> str:
+    from fracture_qi.reporting.stamp import data_label, meta_from_manifest
+
+    return data_label(meta_from_manifest(manifest))
+
+
+def _data_cutoff(engine: Any) -> str:
+    from fracture_qi.outcomes.readmodel import data_cutoff
+
+    return data_cutoff(engine).isoformat()
+
+
+def _kpi_source() -> str:
+    from fracture_qi.qi.kpi import NATIONAL_SOURCE
+
+    return NATIONAL_SOURCE
+
+
+def _context_line(provenance: dict[str, Any], code: dict[str, Any]) -> str:
+    from fracture_qi.reporting.stamp import context, context_line
+
+    params = provenance["parameters"]
+    filters: dict[str, Any] = {}
+    if params.get("period_start") or params.get("period_end"):
+        filters["month"] = (params.get("period_start") or "start",
+                            params.get("period_end") or "end")
+    if params.get("sites"):
+        filters["site"] = list(params["sites"])
+    filters["model"] = provenance.get("model") or "none"
+    cutoff = params.get("cutoff") or params.get("period_end") or provenance.get("data_cutoff")
+    label = provenance.get("data_label") or ""
+    return context_line(context(filters=filters, mode=provenance["mode"], cutoff=str(cutoff),
+                                run=provenance["run"], code_version=str(code.get("describe")),
+                                meta={"synthetic": bool(label),
+                                      "simulated": "SIMULATED" in label}))
+
+
+def _call_text(manifest_path: Any, out: Path, user: dict[str, Any], publish: bool) -> str:
+    args = " ".join(f"-p {k} {v}" for k, v in user.items())
+    return (f"fracture_qi.reporting.run.run_audit(manifest={str(manifest_path)!r}, "
+            f"out={out.name!r}, publish={publish}) {args}").strip()
 
 
 def _stamp_notebook(path: Path, provenance: dict[str, Any]) -> None:
@@ -461,6 +524,8 @@ def _stamp_notebook(path: Path, provenance: dict[str, Any]) -> None:
         "inputs": provenance["inputs"],
         "database_state_sha256": provenance["database_state"]["after"]["sha256"],
         "mode": provenance["mode"],
+        "run": provenance["run"],
+        "context": provenance.get("context_line"),
     }
     nbformat.write(nb, path)
 
@@ -482,7 +547,7 @@ def _start_row(engine: Any, out: Path, params: dict[str, Any], code: dict[str, A
 
 
 def _finish_row(engine: Any, row_id: int, status: str, published: bool, error: str | None,
-                state: dict[str, Any]) -> None:
+               state: dict[str, Any], provenance_sha256: str | None = None) -> None:
     from fracture_qi.store import schema as S
     from fracture_qi.store.db import session_scope
 
@@ -494,6 +559,7 @@ def _finish_row(engine: Any, row_id: int, status: str, published: bool, error: s
         row.published = published
         row.error = error
         row.db_state_hash = state["sha256"]
+        row.provenance_sha256 = provenance_sha256
         row.finished_at = dt.datetime.now(dt.UTC)
 
 

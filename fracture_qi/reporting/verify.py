@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from fracture_qi.reporting.run import read_provenance, run_audit
 
 log = logging.getLogger(__name__)
@@ -149,15 +151,62 @@ def verify_audit(report_dir: str | Path, *, jobs: int = 1, progress: bool = Fals
     old = read_provenance(src)
     params = dict(old.get("parameters", {}))
     publish = bool(params.pop("publish", old.get("mode") == "publish"))
-    notebooks = [n["notebook"] for n in old.get("notebooks", [])] or None
+    notebooks = [n["notebook"] for n in old.get("notebooks", [])
+                 if n.get("notebook", "").endswith(".ipynb")] or None
+    manifest = Path(old["manifest_path"])
+    if not manifest.is_absolute():  # recorded relative to the run folder
+        manifest = (src / manifest).resolve()
+    tampered = check_integrity(old)
     rerun = src.parent / f"{src.name}.verify"
     result = run_audit(
-        old["manifest_path"], rerun, params, publish, notebooks=notebooks, overwrite=True,
+        manifest, rerun, params, publish, notebooks=notebooks, overwrite=True,
         jobs=jobs, raise_on_failure=False, progress=progress,
+        command=f"fracture-qi audit --verify {src.name}",
     )
+    tampered += check_recorded_hash(old, manifest)
     diffs, n = compare_tables(src, rerun)
     if result.status != "ok":
         diffs.insert(0, f"the rerun failed: {result.error}")
     explain = compare_provenance(old, result.provenance)
-    identical = not diffs
-    return VerifyResult(identical, diffs + explain, rerun, n)
+    identical = not diffs and not tampered
+    return VerifyResult(identical, tampered + diffs + explain, rerun, n)
+
+
+def check_integrity(provenance: dict[str, Any]) -> list[str]:
+    """A difference line when ``provenance.json`` no longer matches its own hash."""
+    from fracture_qi.reporting.provenance import provenance_hash
+
+    recorded = (provenance.get("integrity") or {}).get("sha256")
+    if not recorded:
+        return ["provenance.json carries no integrity hash (written by an older version, or "
+                "edited): its contents cannot be trusted"]
+    actual = provenance_hash(provenance)
+    if actual != recorded:
+        return [f"provenance.json was edited after the run: its hash is {actual[:12]}, it "
+                f"says {recorded[:12]}"]
+    return []
+
+
+def check_recorded_hash(provenance: dict[str, Any], manifest: Path) -> list[str]:
+    """A difference line when the database's ``audit_runs`` row recorded another hash."""
+    from fracture_qi.reporting.run import open_manifest
+    from fracture_qi.store import schema as S
+
+    run_id = provenance.get("audit_run_id")
+    recorded = (provenance.get("integrity") or {}).get("sha256")
+    if run_id is None or not recorded:
+        return []
+    _, engine = open_manifest(manifest, migrate=False)
+    try:
+        with engine.connect() as c:
+            row = c.execute(select(S.AuditRun.provenance_sha256, S.AuditRun.name)
+                            .where(S.AuditRun.id == int(run_id))).first()
+    finally:
+        engine.dispose()
+    if row is None:
+        return [f"audit run {run_id} is not in the database: this provenance.json comes from "
+                "another database or was edited"]
+    if row[0] and row[0] != recorded:
+        return [f"provenance.json does not match the hash the database recorded for run "
+                f"{row[1]!r} ({row[0][:12]} vs {recorded[:12]}): the file was replaced"]
+    return []

@@ -16,7 +16,6 @@ picklable :class:`ModelSpec` (``model.spec``) from which a Dask worker rebuilds 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -34,6 +33,7 @@ from pydantic import ValidationError as PydanticValidationError
 from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ModelError
+from fracture_qi.integrity import sha256_file as file_sha256
 from fracture_qi.screening.types import LEVELS, GenantGrade, SeriesResult, VertebraResult
 
 log = logging.getLogger(__name__)
@@ -198,25 +198,6 @@ def resolve_spec(
     if changes:
         spec = ModelSpec(**{**spec.to_dict(), **changes})
     return spec
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> with tempfile.NamedTemporaryFile(delete=False) as f:
-    ...     _ = f.write(b"abc")
-    >>> file_sha256(f.name)[:16]
-    'ba7816bf8f01cfea'
-    >>> os.unlink(f.name)
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_sha256(path: Path | str, expected: str | None, *, what: str = "model.path") -> str:

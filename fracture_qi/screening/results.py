@@ -30,6 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from fracture_qi.csvsafe import DictWriter
 from fracture_qi.dicom.reasons import EXCLUSIONS, ReasonCode
 from fracture_qi.errors import StoreError
+from fracture_qi.screening.counting import resolve_model
 from fracture_qi.screening.types import SeriesResult
 from fracture_qi.store.db import session_scope
 from fracture_qi.store.schema import (
@@ -413,14 +414,6 @@ class ExportSummary:
         return out
 
 
-def latest_model(engine: Any) -> tuple[str, str] | None:
-    """(model_id, model_version) of the most recent screening row, or ``None``."""
-    with session_scope(engine) as s:
-        row = s.execute(select(Screening.model_id, Screening.model_version)
-                        .order_by(Screening.id.desc()).limit(1)).first()
-    return (row[0], row[1]) if row else None
-
-
 def export_results(
     engine: Any,
     out_dir: str | Path,
@@ -441,22 +434,19 @@ def export_results(
     out_dir
         Created if missing.
     model_id, model_version
-        Which model's results (default: the model of the most recent screening; with only
-        *model_id*, its most recent version).
+        Which model's results (default: the default model of
+        :mod:`fracture_qi.screening.counting`, the one with the most results; with only
+        *model_id*, its current version). A study's row is its counted result: the chosen
+        series' screening by that model.
 
     Returns
     -------
     ExportSummary
     """
-    if model_id and not model_version:
-        with session_scope(engine) as s:
-            model_version = s.scalar(select(Screening.model_version)
-                                     .where(Screening.model_id == model_id)
-                                     .order_by(Screening.id.desc()).limit(1))
-    if not model_id:
-        latest = latest_model(engine)
-        if latest:
-            model_id, model_version = latest
+    if not (model_id and model_version):
+        ref = resolve_model(engine, model_id or None)
+        if ref is not None:
+            model_id, model_version = ref.model_id, ref.model_version
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(out_dir=str(out.resolve()), model_id=model_id,
@@ -524,7 +514,6 @@ __all__ = [
     "finish_run",
     "jsonable",
     "keyimage_name",
-    "latest_model",
     "save_keyimage",
     "start_run",
     "study_row",

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from fracture_qi.screening.jobs import SeriesJob
+from fracture_qi.integrity import code_label
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,7 @@ PID_START_SLACK_S = 5.0
 # --------------------------------------------------------------------------------------------
 def code_version() -> str:
     """Package version plus git commit where known (for ScreeningRun.code_version)."""
-    try:
-        from fracture_qi.reporting.provenance import code_version as cv
-
-        info = cv()
-        return str(info.get("describe") or info.get("package_version"))[:64]
-    except Exception:  # noqa: BLE001  provenance is best effort here
-        from fracture_qi import __version__
-
-        return f"fracture-qi {__version__}"
+    return code_label()
 
 
 def host_name() -> str:

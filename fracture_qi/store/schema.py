@@ -312,6 +312,11 @@ class FlsEpisode(Base):
     therapy_start_date: Mapped[dt.date | None] = mapped_column(Date)
     adherent_52w: Mapped[bool | None] = mapped_column(Boolean)
     death_date: Mapped[dt.date | None] = mapped_column(Date)
+    # FLS-DB KPI fields (revision 0006)
+    index_fracture_site: Mapped[str | None] = mapped_column(String(16))
+    falls_assessment_date: Mapped[dt.date | None] = mapped_column(Date)
+    strength_balance_date: Mapped[dt.date | None] = mapped_column(Date)
+    followup_date: Mapped[dt.date | None] = mapped_column(Date)
     problems: Mapped[list[Any]] = mapped_column(JSON, default=list)  # impossible dates etc.
     imported_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
     __table_args__ = (UniqueConstraint("source", "record_id", name="uq_fls_record"),)
@@ -334,6 +339,8 @@ class AuditRun(Base):
     status: Mapped[str] = mapped_column(String(16), default="running")  # running|ok|failed
     published: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
+    # SHA-256 of the run's provenance.json (revision 0006): a later edit is detected
+    provenance_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class ReceivedStudy(Base):

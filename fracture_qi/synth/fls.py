@@ -9,6 +9,8 @@ Who gets a record:
 
 Timings follow ANATOMY section 6 (log-normal delays from identification; assessment,
 DXA, treatment recommendation and start, 52-week adherence), censored at the extract date;
+the FLS-DB KPI fields (index fracture site, falls assessment, strength and balance training,
+follow-up contact) are drawn to match the FLS-DB 2019 national averages;
 ``reported_by_radiology`` follows ANATOMY 4c by grade. A few rows are made impossible on
 purpose (therapy started before the CT; assessment after death) and listed in
 ``truth/fls_problems.csv`` so the outcomes validation can be tested.
@@ -28,6 +30,25 @@ from fracture_qi.synth import priors
 #: the export columns, in the order of the declared FLS schema the importer validates against
 FLS_COLUMNS: tuple[str, ...] = tuple(f.name for f in FLS_SCHEMA)
 PROBLEM_COLUMNS: tuple[str, ...] = ("record_id", "nhs_number", "problem", "field", "detail")
+
+# The FLS-DB KPI fields (KPIs 3, 6, 8, 9). ``[estimate]`` shapes chosen to land near the FLS-DB
+# 2019 national averages of ANATOMY.md section 6 (falls assessment 62 %, strength and balance
+# by 16 weeks 6.1 %, 16-week follow-up 20.7 %).
+#: index fracture site of FLS referrals that are not a CT-found vertebral fracture (FLS-DB
+#: index fracture mix 2017, spine 6 % / hip 19 % / other 69 %, ANATOMY section 6; "other" split
+#: [estimate])
+OTHER_SITE_MIX: dict[str, float] = {"hip": 0.22, "wrist": 0.30, "humerus": 0.16,
+                                    "pelvis": 0.07, "other": 0.25}
+#: P(falls risk assessed or referred | FLS assessment), at the assessment
+P_FALLS_ASSESSED = 0.73
+#: P(strength and balance programme started | assessed, not a hip fracture); days after the
+#: assessment, uniform
+P_STRENGTH_BALANCE = 0.09
+STRENGTH_BALANCE_DAYS = (14, 90)
+#: P(a follow-up contact | therapy recommended); days after identification (ANATOMY
+#: section 6: 16-week monitoring contact, day 100-130)
+P_FOLLOWUP = 0.45
+FOLLOWUP_DAYS = (100, 130)
 
 
 def _lognormal_days(rng: np.random.Generator, median: float, sigma: float) -> int:
@@ -91,20 +112,22 @@ def make_fls_records(
             reported = int(rng.random() < priors.P_REPORTED_BY_GRADE.get(grade, 0.0))
             accession = str(st.accession_number) if rng.random() > 0.05 else ""
             start = ct_date
+            site = "spine"
         else:
             old = sts[sts.age_years >= 50]
             if not len(old) or rng.random() >= 0.08:
                 continue
             reported, accession, grade = 0, "", 0
+            site = _choice(rng, OTHER_SITE_MIX)
             start = dt.date.fromisoformat(str(old.iloc[0].study_date)) + dt.timedelta(
                 days=int(rng.integers(-200, 200))
             )
             ct_date = None
-        rows.append(
-            _pathway(
-                rng, pat, start, ct_date, reported, accession, float(pat.bmd_l1_hu), extract_date
-            )
+        row = _pathway(
+            rng, pat, start, ct_date, reported, accession, float(pat.bmd_l1_hu), extract_date
         )
+        row.update(_kpi_fields(rng, row, start, site, extract_date))
+        rows.append(row)
     records = pd.DataFrame(rows, columns=list(FLS_COLUMNS) + ["_ct_date"])
     records["record_id"] = [f"FLS{seed % 1000:03d}-{i + 1:05d}" for i in range(len(records))]
     problems = _plant_problems(rng, records)
@@ -191,6 +214,30 @@ def _pathway(
         "death_date": _iso(known(death)),
         "_ct_date": ct_date,
     }
+
+
+def _kpi_fields(rng: np.random.Generator, row: dict[str, Any], start: dt.date, site: str,
+                extract: dt.date) -> dict[str, Any]:
+    """Index fracture site, falls assessment, strength and balance start, follow-up contact
+    (the FLS-DB KPI fields), consistent with the pathway already drawn in *row*."""
+    assess = dt.date.fromisoformat(row["fls_assessment_date"]) if row["fls_assessment_date"] else None
+    death = dt.date.fromisoformat(row["death_date"]) if row["death_date"] else None
+
+    def known(d: dt.date | None) -> str:
+        ok = d is not None and d <= extract and (death is None or d < death)
+        return d.isoformat() if ok and d is not None else ""
+
+    falls = assess if assess is not None and rng.random() < P_FALLS_ASSESSED else None
+    sb = None
+    if assess is not None and site != "hip" and rng.random() < P_STRENGTH_BALANCE:
+        sb = assess + dt.timedelta(days=int(rng.integers(*STRENGTH_BALANCE_DAYS)))
+    follow = None
+    if row["therapy_recommended"] and rng.random() < P_FOLLOWUP:
+        follow = start + dt.timedelta(days=int(rng.integers(*FOLLOWUP_DAYS)))
+        if assess is not None:
+            follow = max(follow, assess + dt.timedelta(days=1))
+    return {"index_fracture_site": site, "falls_assessment_date": known(falls),
+            "strength_balance_date": known(sb), "followup_date": known(follow)}
 
 
 def _choice(rng: np.random.Generator, table: dict[str, float]) -> str:
