@@ -114,7 +114,7 @@ def test_every_csv_writer_in_the_package_goes_through_csvsafe() -> None:
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def evil_site(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    from fracture_qi.reporting.fixtures import make_fixture_site
+    from fracture_qi.simulation import make_fixture_site
     from fracture_qi.store import open_store
     from fracture_qi.store import schema as S
 

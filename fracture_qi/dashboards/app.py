@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from fracture_qi.csvsafe import frame_to_csv
 from fracture_qi.dashboards import views as V
 from fracture_qi.dashboards.cube import DIMENSIONS, Cube, cube_from_engine
 from fracture_qi.dashboards.views import DashboardView

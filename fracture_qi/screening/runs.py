@@ -21,8 +21,8 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from fracture_qi.screening.jobs import SeriesJob
 from fracture_qi.integrity import code_label
+from fracture_qi.screening.jobs import SeriesJob
 
 log = logging.getLogger(__name__)
 
