@@ -647,13 +647,6 @@ def _preload(plans: list[PatientPlan], fast: bool) -> None:
 
     for name, small in sorted(needed):
         preload(name, small)
-    # the fractures' calibration (a few mask measurements each), once, here
-    from fracture_qi.synth.realmaps import fracture_maps
-
-    for p in plans:
-        if isinstance(p.spec, RealPatient):
-            for name in {st.base for st in p.studies if st.base}:
-                fracture_maps(p.spec, name)
 
 
 def _render_all(plans: list[PatientPlan], out: Path, seed: int, n_workers: int,
@@ -757,8 +750,8 @@ def generate_cohort(
     _check_outdir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     bases, note = resolve_anatomy(anatomy, fetch=True, progress=progress)
-    if note:
-        log.warning("%s", note)
+    if note:  # the caller shows it (the command line prints it once); the summary keeps it
+        log.info("%s", note)
     plans = plan_cohort(patients, seed, fast, anatomy, bases)
     measured: dict[str, pd.DataFrame] | None = None
     if not truth_only:

@@ -2,15 +2,22 @@
 
 A fracture is a displacement of the scan along z (the spine's long axis in a supine CT),
 column by column through the body, with the shapes real fractured bodies take. The masks
-of three radiologist-graded fractures in ``../shared/realdata/verse004`` (VerSe'19: T9 and
-T10 Genant grade 2, L1 grade 3) guided them:
+of three radiologist-graded fractures in ``../shared/realdata/verse004`` (VerSe'19, 1 x 1 x
+2 mm: T9 and T10 Genant grade 2, L1 grade 3) guided them. Measured along each body's axis
+(the line between its neighbours' centres) in its mid-sagittal plane, at 15-85 % of the
+depth:
 
-* the superior endplate takes most of the collapse (T9/T10: the upper endplate's middle
-  lies 1.5-2 mm low, the lower one within 1 mm of flat), :data:`SUPERIOR_SHARE`;
-* every fractured body has a central depression whose deepest point lies a little
-  behind the middle of the depth (50-60 %), while the rim (the ring apophysis) stays where
-  it was, :data:`DENT_CENTRE_U`, :data:`DENT_RADIUS_U`;
-* a severe collapse (L1) sinks both endplates and loses most at the middle and back.
+* T9 and T10 have lost height all along (16-17 mm against 22-23 mm at T11-T12) and both
+  endplates sag a little: the superior one more (1.0-1.2 mm under the line between its
+  rims, against 0.8-1.0 mm for the inferior), :data:`SUPERIOR_SHARE`;
+* the deepest point of a sagging endplate lies at 45-65 % of the depth from the anterior
+  wall, the rims (the ring apophysis) stay where they were, :data:`DENT_CENTRE_U`,
+  :data:`DENT_RADIUS_U`;
+* L1 has collapsed to 9 mm at its middle (against 25 mm at L2): both endplates are sunk,
+  the front least (14 mm), the middle and back most (7-9 mm), :data:`CRUSH_ANTERIOR_SHARE`.
+
+Masks of 1-2 mm voxels resolve a millimetre of sag only roughly: these are shapes to follow,
+not measurements to reproduce.
 
 Planted loss :math:`\\lambda(u, v)` of a column at AP position ``u`` (0 anterior, 1
 posterior) and lateral position ``v`` (-1..1): a planar part (the wedge's slope, a crush's
@@ -47,20 +54,21 @@ from fracture_qi.synth.basescan import LEVELS, BodyInfo, Catalogue
 MORPH_TYPES: Final[tuple[str, ...]] = ("wedge", "biconcave", "crush")
 
 #: AP position (0 anterior wall, 1 posterior wall) of the deepest point of an endplate
-#: depression; verse004 T9, T10 and L1: 0.5-0.6
+#: depression; verse004 T9, T10 and L1: 0.45-0.65
 DENT_CENTRE_U: Final[float] = 0.55
 #: the depression's radius: it spans 25-85 % of the depth (verse004: the ring
 #: apophysis, the outer 10-20 % at each wall, keeps its height) and 75 % of the half-width
 DENT_RADIUS_U: Final[float] = 0.30
 DENT_RADIUS_V: Final[float] = 0.75
-#: share of the dent taken by the superior endplate (verse004 T9/T10: ~0.75-0.8; L1: both)
+#: share of the dent taken by the superior endplate (verse004 T9/T10: the superior endplate
+#: sags more than the inferior; L1: both sunk) [estimate]
 SUPERIOR_SHARE: Final[dict[str, float]] = {"wedge": 0.8, "biconcave": 0.6, "crush": 0.7}
 #: where heights are read (fraction of the depth in from each wall), as the truth measures
 HEIGHT_INSET: Final[float] = 0.10
 #: wedge: the posterior column loses this share of the anterior loss [estimate]
 WEDGE_POSTERIOR_SHARE: Final[float] = 0.05
-#: wedge: central depression, as a share of the loss (verse004 T10: the middle sits ~1 mm
-#: under the line between the walls)
+#: wedge: central depression, as a share of the loss (verse004 T9/T10: the endplates sag
+#: ~1 mm between their rims) [estimate]
 WEDGE_DENT: Final[float] = 0.2
 #: biconcave: the walls lose this share of the central loss [estimate]
 BICONCAVE_RIM: Final[float] = 0.1
@@ -89,6 +97,11 @@ SURFACE_SMOOTH_MM: Final[float] = 1.5
 ENDPLATE_ITERATIONS: Final[int] = 3
 #: step (mm) of the grid a fracture's knots are tabulated on
 KNOT_GRID_MM: Final[float] = 1.0
+#: away from the body, a slice's share of the drop is spread from this far below the body's
+#: bottom to this far above its top: soft tissue and the posterior elements shorten a little
+#: over 5-6 cm rather than by a third over the body's own height
+GLOBAL_BELOW_MM: Final[float] = 10.0
+GLOBAL_ABOVE_MM: Final[float] = 30.0
 #: disc height (mm) assumed where a neighbouring body is missing from the scan
 DEFAULT_DISC_MM: Final[float] = 6.0
 #: sclerosis: a denser band under the collapsed endplate (impacted trabeculae), HU added at
@@ -557,7 +570,7 @@ def build_fracture_maps(
         zc_bot, zc_top = float(fr.bottom(yc, xc)[0]), float(fr.top(yc, xc)[0])
         maps.append(FractureMap(
             spec=f, frame=fr, above=frame(i - 1), above2=frame(i - 2), below=frame(i + 1),
-            drop=drop, global_knots=np.array([zc_bot + CORTEX_MM, zc_top - CORTEX_MM]),
+            drop=drop, global_knots=np.array([zc_bot - GLOBAL_BELOW_MM, zc_top + GLOBAL_ABOVE_MM]),
             global_disp=np.array([0.0, -drop]), shift_of=list(maps),
         ))
     return maps

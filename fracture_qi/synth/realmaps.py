@@ -83,7 +83,7 @@ DEFINING_HEIGHT: Final[dict[str, str]] = {"wedge": "ha", "biconcave": "hm", "cru
 #: abdomen, T7-L5)
 CALIBRATION_START: Final[dict[str, float]] = {"wedge": 1.05, "biconcave": 1.35, "crush": 1.0}
 #: a planted loss is accepted once the mask shows the intended loss within this
-CALIBRATION_TOL: Final[float] = 0.015
+CALIBRATION_TOL: Final[float] = 0.01
 CALIBRATION_STEPS: Final[int] = 3
 #: the most a column is planted to lose (beyond it the body folds rather than collapses)
 MAX_PLANTED_LOSS: Final[float] = 0.7

