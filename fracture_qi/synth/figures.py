@@ -182,7 +182,7 @@ def axial_phases(path: Path) -> Path:
 
     from fracture_qi.synth.realmaps import output_z_of
 
-    fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.4))
+    fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.9))
     for r, (base, level, p) in enumerate((("chest", "T8", _patient(7, 68, "M", [])),
                                           ("abdomen", "L3", _patient(8, 68, "M", [])))):
         z = output_z_of(p, base, level)

@@ -75,6 +75,9 @@ TISSUE_PHASE_HU: Final[dict[str, dict[str, float]]] = {
 #: a tissue counts as enhanced in its base scan when it is this far (HU) above baseline:
 #: then its contrast is scaled (keeping its pattern); otherwise shifted
 ENHANCED_MIN_HU: Final[float] = 40.0
+#: noise (HU SD) of soft tissue in the base scans at their own slices (LIDC's muscle: 14-18
+#: HU about its median at 2.5 mm), made up where less contrast scales a region's own down
+TISSUE_NOISE_SD: Final[float] = 15.0
 
 
 # --- bone density and contrast, on a copy of the base ------------------------------------------------
@@ -211,7 +214,16 @@ def adjust_base(scan: BaseScan, fast: bool, p: RealPatient, phase: str,
         vals = flat[reg.idx].astype(np.float32)
         if have - b > ENHANCED_MIN_HU:
             k = (want - b) / (have - b)
-            new = vals + reg.weight * (k - 1.0) * (reg.level_hu - b)
+            if k < 1.0:
+                # less contrast: the contrast's fine pattern (jets, trabeculae, partial-volume
+                # edges, hundreds of HU) fades with it; the scan's noise is made up again
+                noise = np.random.default_rng(
+                    [TISSUES.index(t), part, ("none", "arterial", "portal_venous").index(phase)]
+                ).standard_normal(len(vals)).astype(np.float32) * np.float32(TISSUE_NOISE_SD)
+                target = b + (vals - b) * k + noise * np.float32(np.sqrt(1.0 - k * k))
+                new = vals + reg.weight * (target - vals)
+            else:
+                new = vals + reg.weight * (k - 1.0) * (reg.level_hu - b)
         else:
             new = vals + reg.weight * (want - have)
         flat[reg.idx] = np.clip(np.rint(new), -1024, 3071).astype(np.int16)
