@@ -127,7 +127,7 @@ def column_loss(morph: str, loss: float, u: np.ndarray, v: np.ndarray) -> tuple[
     >>> import numpy as np
     >>> u = np.array([0.1, 0.5, 0.9]); v = np.zeros(3)
     >>> [round(float(a + b), 3) for a, b in zip(*column_loss("wedge", 0.3, u, v))]
-    [0.3, 0.204, 0.015]
+    [0.3, 0.216, 0.015]
     >>> [round(float(a + b), 3) for a, b in zip(*column_loss("biconcave", 0.3, u, v))]
     [0.03, 0.3, 0.03]
     >>> [round(float(a + b), 3) for a, b in zip(*column_loss("crush", 0.3, u, v))]
