@@ -410,3 +410,16 @@ def test_demo_runs_on_the_abdomen_alone_when_the_chest_ct_cannot_be_fetched(tmp_
     studies = pd.read_csv(out / "cohort" / "truth" / "studies.csv")
     assert set(studies.anatomy_source) <= {"totalseg-abdomen", "head-phantom"}
     assert (out / "reports" / "demo" / "provenance.json").is_file()
+
+
+@needs_lidc
+@pytest.mark.realdata
+def test_fetch_anatomy_says_where_the_chest_ct_is(monkeypatch, capsys) -> None:
+    assert cli_main(["synth", "--fetch-anatomy"]) == 0
+    folder = Path(capsys.readouterr().out.split("lidc0001:", 1)[1].strip())
+    assert (folder / "cxr.nii.gz").is_file()
+    monkeypatch.setenv("FRACTURE_QI_LIDC0001", "off")
+    assert cli_main(["synth", "--fetch-anatomy"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert cli_main(["synth"]) == 2
+    assert "OUTDIR is required" in capsys.readouterr().err

@@ -24,19 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fracture_qi.dicom.scan import MAX_SLICE_MM
 from fracture_qi.synth import priors
 from fracture_qi.synth.dicomio import uid
 from fracture_qi.synth.errors import AnatomyUnavailableError, SynthError
 from fracture_qi.synth.people import SCANNER_WEIGHTS, SCANNERS, nhs_number, person_name
-from fracture_qi.synth.phantom import PatientSpec, coverage, random_patient_spec, truth_table
+from fracture_qi.synth.phantom import PatientSpec, coverage, random_patient_spec
 from fracture_qi.synth.plans import (
     PatientPlan,
     SeriesPlan,
     StudyPlan,
-    expected_files,
-    study_grid,
+    has_thin_axial,
 )
+from fracture_qi.synth.truth import truth_tables
 from fracture_qi.synth.realpatient import RealPatient, random_real_patient
 
 __all__ = [
@@ -248,6 +247,47 @@ def _plan_geometry(rng: np.random.Generator, spec: PatientSpec | RealPatient, pr
     return "", (lo, hi), partial, fov, dz
 
 
+def _plan_study(rng: np.random.Generator, seed: int, i: int, k: int, date: dt.date, age_y: int,
+                spec: PatientSpec | RealPatient, bases: tuple[str, ...], fast: bool) -> StudyPlan:
+    """Study *k* of patient *i*: protocol, scanner, referral, contrast, coverage, series."""
+    protocol = _pick(rng, _protocol_mix(bases, age_y))
+    scanner = SCANNERS[int(rng.choice(len(SCANNERS), p=np.array(SCANNER_WEIGHTS)))]
+    referral = (
+        "emergency"
+        if protocol == "head" and rng.random() < 0.8
+        else _pick(rng, REFERRAL_MIX)
+    )
+    contrast = _pick(rng, CONTRAST_MIX[protocol])
+    base_name, (lo, hi), partial, fov_mm, dz = _plan_geometry(rng, spec, protocol, fast)
+    matrix = 256 if fast else 512
+    st = StudyPlan(
+        index=k + 1,
+        study_uid=uid(seed, "study", i, k + 1),
+        frame_uid=uid(seed, "frame", i, k + 1),
+        accession=f"RX{seed % 100:02d}{i:05d}{k + 1}",
+        date=date,
+        time="".join(
+            f"{int(rng.integers(a, b)):02d}" for a, b in ((7, 22), (0, 60), (0, 60))
+        ),
+        protocol=protocol,
+        scanner=scanner,
+        referral=referral,
+        contrast=contrast,
+        partial=partial,
+        z_range=(lo, hi),
+        age_years=age_y,
+        kvp=float(rng.choice([100.0, 120.0], p=[0.3, 0.7]))
+        if protocol != "head"
+        else 120.0,
+        pixel_spacing=round(fov_mm / matrix, 4),
+        base_dz=dz,
+        matrix=matrix,
+        base=base_name,
+    )
+    _plan_series(rng, st, fast, seed, i)
+    return st
+
+
 def plan_cohort(patients: int, seed: int, fast: bool = True, anatomy: str = "real",
                 bases: tuple[str, ...] | None = None) -> list[PatientPlan]:
     """Plan a cohort: every identifier, date, protocol, series and planted fracture.
@@ -307,45 +347,11 @@ def plan_cohort(patients: int, seed: int, fast: bool = True, anatomy: str = "rea
                 second = first - dt.timedelta(days=delta)
             dates.append(second)
         dates.sort()
-        studies: list[StudyPlan] = []
-        for k, date in enumerate(dates):
-            age_y = _age_years(birth, date)
-            protocol = _pick(rng, _protocol_mix(bases if real else (), age_y))
-            scanner = SCANNERS[int(rng.choice(len(SCANNERS), p=np.array(SCANNER_WEIGHTS)))]
-            referral = (
-                "emergency"
-                if protocol == "head" and rng.random() < 0.8
-                else _pick(rng, REFERRAL_MIX)
-            )
-            contrast = _pick(rng, CONTRAST_MIX[protocol])
-            base_name, (lo, hi), partial, fov_mm, dz = _plan_geometry(rng, spec, protocol, fast)
-            matrix = 256 if fast else 512
-            st = StudyPlan(
-                index=k + 1,
-                study_uid=uid(seed, "study", i, k + 1),
-                frame_uid=uid(seed, "frame", i, k + 1),
-                accession=f"RX{seed % 100:02d}{i:05d}{k + 1}",
-                date=date,
-                time="".join(
-                    f"{int(rng.integers(a, b)):02d}" for a, b in ((7, 22), (0, 60), (0, 60))
-                ),
-                protocol=protocol,
-                scanner=scanner,
-                referral=referral,
-                contrast=contrast,
-                partial=partial,
-                z_range=(lo, hi),
-                age_years=age_y,
-                kvp=float(rng.choice([100.0, 120.0], p=[0.3, 0.7]))
-                if protocol != "head"
-                else 120.0,
-                pixel_spacing=round(fov_mm / matrix, 4),
-                base_dz=dz,
-                matrix=matrix,
-                base=base_name,
-            )
-            _plan_series(rng, st, fast, seed, i)
-            studies.append(st)
+        studies = [
+            _plan_study(rng, seed, i, k, date, _age_years(birth, date), spec,
+                        bases if real else (), fast)
+            for k, date in enumerate(dates)
+        ]
         plans.append(
             PatientPlan(
                 index=i,
@@ -369,227 +375,18 @@ def plan_cohort(patients: int, seed: int, fast: bool = True, anatomy: str = "rea
     return plans
 
 
-def _has_thin_axial(st: StudyPlan) -> bool:
-    """Whether the study holds an axial series the screener can grade (<= MAX_SLICE_MM)."""
-    return any(se.kind == "axial" and se.thickness <= MAX_SLICE_MM for se in st.series)
-
-
 def _mark_duplicate(plans: list[PatientPlan]) -> None:
     """Choose one eligible study to be 're-sent' (its 5 mm series copied to a second folder)."""
     if len(plans) < 5:
         return
     for p in plans[len(plans) // 3 :] + plans[: len(plans) // 3]:
         for st in p.studies:
-            if st.age_years >= 50 and st.protocol != "head" and _has_thin_axial(st):
+            if st.age_years >= 50 and st.protocol != "head" and has_thin_axial(st):
                 st.duplicate_of = f"dicom/RESEND/{p.patient_id}_{st.accession}"
                 return
 
 
 # --- truth tables ----------------------------------------------------------------------------
-
-
-def _anatomy_source(p: PatientPlan, st: StudyPlan) -> str:
-    """What a study's pixels come from: ``lidc0001``, ``totalseg-abdomen``, both joined,
-    ``head-phantom`` or ``block-phantom``."""
-    if not p.real:
-        return "block-phantom"
-    if st.protocol == "head":
-        return "head-phantom"
-    from fracture_qi.synth.basescan import ANATOMY_SOURCE
-
-    return ANATOMY_SOURCE[st.base]
-
-
-def _levels_text(levels: list[str]) -> str:
-    return f"{levels[0]}-{levels[-1]}" if levels else ""
-
-
-def _patient_row(p: PatientPlan) -> dict[str, Any]:
-    sp = p.spec
-    row: dict[str, Any] = {
-        "patient_id": p.patient_id,
-        "nhs_number": p.nhs_number,
-        "mrn": p.mrn,
-        "name": p.name,
-        "birth_date": p.birth_date.isoformat(),
-        "sex": p.sex,
-        "bmd_l1_hu": round(sp.bmd_l1_hu, 1),
-        "n_fractures_planted": len(sp.fractures),
-        "max_grade_planted": sp.max_grade,
-    }
-    if isinstance(sp, RealPatient):
-        row.update({
-            "anatomy": "real",
-            "size_factor_xy": round(sp.size_xy, 3),
-            "size_factor_z": round(sp.size_z, 3),
-            "kyphosis_change_deg": round(sp.kyphosis_change_deg, 1),
-            "lordosis_change_deg": round(sp.lordosis_change_deg, 1),
-            "scoliosis_change_deg": round(sp.scoliosis_deg, 1),
-        })
-    else:
-        row.update({
-            "anatomy": "block-phantom",
-            "kyphosis_deg": round(sp.kyphosis_deg, 1),
-            "lordosis_deg": round(sp.lordosis_deg, 1),
-            "scoliosis_cobb_deg": round(sp.scoliosis_cobb_deg, 1),
-        })
-    return row
-
-
-def _study_vertebrae(p: PatientPlan, st: StudyPlan,
-                     measured: dict[str, pd.DataFrame] | None) -> pd.DataFrame:
-    """Per-level truth of one study: measured on the pixels where rendered, else predicted."""
-    grid = study_grid(p, st)
-    if isinstance(p.spec, RealPatient):
-        from fracture_qi.synth.realtruth import TRUTH_COLUMNS, study_truth
-
-        if measured is not None and st.study_uid in measured:
-            return measured[st.study_uid].copy()
-        if st.protocol == "head":
-            return study_truth(p.spec, "abdomen", None, st.contrast, measure=False)[list(TRUTH_COLUMNS)]
-        return study_truth(p.spec, st.base, grid, st.contrast, measure=False)
-    return truth_table(p.spec, grid, st.contrast, st.protocol)
-
-
-def truth_tables(plans: list[PatientPlan],
-                 measured: dict[str, pd.DataFrame] | None = None) -> dict[str, pd.DataFrame]:
-    """The truth of a cohort: patients, studies, series, vertebrae.
-
-    ``studies`` and ``series`` hold one row per *copy*: the re-sent study appears twice
-    (``copy`` 1 and 2, the second with ``expected_reason`` DUPLICATE_STUDY); key on
-    ``copy == 1`` for one row per StudyInstanceUID.
-
-    Parameters
-    ----------
-    plans
-        From :func:`plan_cohort`.
-    measured
-        Study UID -> vertebra truth measured while rendering (real anatomy). Studies not in
-        it (``--truth-only``) get heights predicted from the plan.
-    """
-    pats, studies, series, verts = [], [], [], []
-    for p in plans:
-        pats.append(_patient_row(p))
-        for st in p.studies:
-            grid = study_grid(p, st)
-            vt = _study_vertebrae(p, st, measured)
-            vt.insert(0, "study_instance_uid", st.study_uid)
-            verts.append(vt)
-            full = vt[vt.fully_in_view]
-            fx = full[full.fractured]
-            in_view = list(vt.loc[vt.in_view, "level"])
-            head = st.protocol == "head"
-            reason = "AGE_UNDER_50" if st.age_years < 50 else ("NO_SPINE_IN_VIEW" if head else "")
-            axial = [se for se in st.series if se.kind == "axial"]
-            # the index's order: age and field of view first, then slice thickness
-            if not reason and not _has_thin_axial(st):
-                reason = "SLICE_TOO_THICK"
-            thinnest = min(axial, key=lambda se: (se.thickness, se.kernel_class != "bone"))
-            base = {
-                "study_instance_uid": st.study_uid,
-                "patient_id": p.patient_id,
-                "accession_number": st.accession,
-                "study_date": st.date.isoformat(),
-                "age_years": st.age_years,
-                "protocol": st.protocol,
-                "site": st.scanner.site,
-                "manufacturer": st.scanner.manufacturer,
-                "referral_source": st.referral,
-                "contrast": int(st.contrast != "none"),
-                "contrast_phase": st.contrast,
-                "anatomy_source": _anatomy_source(p, st),
-                "partial_view": st.partial,
-                "levels_in_view": _levels_text(in_view),
-                "n_levels_in_view": len(in_view),
-                "has_fracture": int(len(fx) > 0),
-                "max_grade": int(fx.genant_grade.max()) if len(fx) else 0,
-                "n_fractures": len(fx),
-                "fractured_levels": " ".join(fx.level),
-            }
-            copies = [(1, st.folder, reason)]
-            if st.duplicate_of:
-                copies.append((2, st.duplicate_of, "DUPLICATE_STUDY"))
-            for copy, folder, why in copies:
-                studies.append(
-                    {
-                        **base,
-                        "copy": copy,
-                        "expected_eligible": int(not why),
-                        "expected_reason": why,
-                        "folder": folder,
-                    }
-                )
-            for se in st.series:
-                intrinsic = {"localizer": "LOCALIZER", "sagittal_reformat": "NOT_AXIAL"}.get(
-                    se.kind, ""
-                )
-                row = {
-                    "series_instance_uid": se.series_uid,
-                    "study_instance_uid": st.study_uid,
-                    "kind": se.kind,
-                    "kernel": se.kernel,
-                    "kernel_class": se.kernel_class,
-                    "slice_thickness": se.thickness,
-                    "pixel_spacing": se.pixel_spacing
-                    or (grid.spacing[1] if se.kind != "localizer" else grid.spacing[2]),
-                    "n_files": se.n_files or expected_files(grid, se),
-                    "thinnest_axial": int(se is thinnest),
-                }
-                too_thick = (
-                    "SLICE_TOO_THICK"
-                    if se.kind == "axial" and se.thickness > MAX_SLICE_MM
-                    and reason in ("", "SLICE_TOO_THICK")
-                    else ""
-                )
-                series.append(
-                    {
-                        **row,
-                        "copy": 1,
-                        "folder": se.folder,
-                        "expected_reason": intrinsic or too_thick or reason,
-                    }
-                )
-                if st.duplicate_of and se is axial[0]:
-                    series.append(
-                        {
-                            **row,
-                            "copy": 2,
-                            "folder": f"{st.duplicate_of}/{Path(se.folder).name}",
-                            "expected_reason": "DUPLICATE_STUDY",
-                        }
-                    )
-    vert = pd.concat(verts, ignore_index=True)
-    vert = vert[
-        [
-            "study_instance_uid",
-            "level",
-            "ha_mm",
-            "hm_mm",
-            "hp_mm",
-            "genant_grade",
-            "morph_type",
-            "fractured",
-            "trabecular_hu",
-            "in_view",
-            "fully_in_view",
-            "height_loss",
-            "depth_mm",
-            "width_mm",
-            "centre_x_mm",
-            "centre_y_mm",
-            "centre_z_mm",
-            "tilt_sagittal_deg",
-            "tilt_coronal_deg",
-        ]
-    ]
-    for col in ("fractured", "in_view", "fully_in_view"):
-        vert[col] = vert[col].astype(int)
-    return {
-        "patients": pd.DataFrame(pats),
-        "studies": pd.DataFrame(studies),
-        "series": pd.DataFrame(series),
-        "vertebrae": vert,
-    }
 
 
 MANIFEST_TEMPLATE = """\

@@ -91,6 +91,13 @@ class PatientPlan:
         return isinstance(self.spec, RealPatient)
 
 
+def has_thin_axial(st: StudyPlan) -> bool:
+    """Whether the study holds an axial series the screener can grade (<= MAX_SLICE_MM)."""
+    from fracture_qi.dicom.scan import MAX_SLICE_MM
+
+    return any(se.kind == "axial" and se.thickness <= MAX_SLICE_MM for se in st.series)
+
+
 def study_grid(p: PatientPlan, st: StudyPlan) -> Grid:
     """The voxel grid a study is rendered on (thin-slice base; thick series average it)."""
     nz = int(round((st.z_range[1] - st.z_range[0]) / st.base_dz)) + 1
