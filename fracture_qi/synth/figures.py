@@ -1,8 +1,13 @@
-"""Mid-sagittal pictures of synthetic patients for the docs (``docs/images/``).
+"""Mid-sagittal and axial pictures of synthetic patients for the docs (``docs/images/``).
 
-Run ``python -m fracture_qi.synth.figures docs/images`` to regenerate them. Pictures show
-bone-window mid-sagittal reformats labelled with level names, the planted grade and shape;
-no identifier of any kind (the patients are synthetic anyway).
+Run ``python -m fracture_qi.synth.figures docs/images`` to regenerate them. Every picture is
+a synthetic patient built on the real base scans (:mod:`fracture_qi.synth.realct`),
+rendered through the same code as the cohort; sagittal pictures follow the spine's centre
+line (a curved reformat: the chest CT's lumbar spine lies 25 mm to one side of its
+thoracic spine). Labels give the level and, for a planted fracture, its type, Genant grade
+and the heights the truth table states. No identifier of any kind appears.
+
+Needs the chest CT lidc0001 (see :mod:`fracture_qi.synth.sources`).
 """
 
 from __future__ import annotations
@@ -10,55 +15,84 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any, Final
 
 import numpy as np
+import pandas as pd
 
-from fracture_qi.dicom.geometry import CTVolume
-from fracture_qi.synth.phantom import (
-    PatientSpec,
-    add_noise,
-    default_grid,
-    random_patient_spec,
-    render,
-)
+from fracture_qi.synth.realct import render_study
+from fracture_qi.synth.realmaps import BASE_DZ, output_z_range, study_grid
+from fracture_qi.synth.realpatient import RealPatient, random_real_patient
+from fracture_qi.synth.realtruth import study_truth
 from fracture_qi.synth.spine import Grid
 
 log = logging.getLogger(__name__)
 
-BONE_WINDOW = (-450.0, 1050.0)  # level 300, width 1500
+BONE_WINDOW: Final[tuple[float, float]] = (-450.0, 1050.0)  # level 300, width 1500
+SOFT_WINDOW: Final[tuple[float, float]] = (-160.0, 240.0)  # level 40, width 400
+#: sagittal pictures: pixel (mm) and how far in front of / behind the spine's centre they reach
+PICTURE_PIXEL_MM: Final[float] = 0.7
+AHEAD_MM: Final[float] = 150.0
+BEHIND_MM: Final[float] = 90.0
 
 
-def mid_sagittal_volume(
-    spec: PatientSpec,
-    z_range: tuple[float, float],
-    pixel: float = 0.5,
-    noise_sd: float = 45.0,
-    seed: int = 0,
-    contrast: str = "none",
-) -> CTVolume:
-    """Render a thin slab (3 columns) through the spine's mean x, at *pixel* mm in z and y.
+def _patient(seed: int, age: float, sex: str, fractures: list[tuple[str, str, int]],
+             bmd: float | None = None) -> RealPatient:
+    rng = np.random.default_rng(seed)
+    p = random_real_patient(rng, age=age, sex=sex, fractures=fractures, bmd_l1_hu=bmd)
+    # one plane: keep the spine's own lateral course, add none
+    p.scoliosis_deg = 0.0
+    return p
 
-    Cheap: the torso painter and the vertebra boxes only touch the slab's voxels.
+
+def spine_sagittal(p: RealPatient, base: str, phase: str, z_range: tuple[float, float] | None = None,
+                   ) -> tuple[np.ndarray, tuple[float, float, float, float], pd.DataFrame]:
+    """A curved mid-sagittal reformat along the spine: ``(image (z, y), extent, truth)``.
+
+    ``extent`` is ``(y0, y1, z0, z1)`` mm for ``imshow`` (image rows from the top, z up).
     """
-    lay = spec.layout()
-    zs = np.linspace(z_range[0], z_range[1], 20)
-    x_mid = float(np.mean(lay.at_z(zs)[0]))
-    nz = int(round((z_range[1] - z_range[0]) / pixel)) + 1
-    base = default_grid(
-        spec, "cap", (nz, int(round(330 / pixel)), 3), (pixel, pixel, pixel), z_range
-    )
-    grid = Grid(
-        origin=(x_mid - pixel, base.origin[1], base.origin[2]),
-        spacing=base.spacing,
-        shape=base.shape,
-    )
-    hu = render(spec, "cap", grid, contrast)
-    # bone-kernel noise, made in a wider array so the correlated texture is right
-    add_noise(hu, noise_sd, np.random.default_rng(seed), sharp=True)
-    return CTVolume(hu=hu, spacing=grid.spacing, origin=grid.origin)
+    lo, hi = z_range if z_range is not None else output_z_range(p, base)
+    coarse = study_grid(p, base, (lo + 1.0, hi - 1.0), BASE_DZ[base], 128, 380.0)
+    truth = study_truth(p, base, coarse, phase, measure=True)
+    seen = truth[truth["in_view"] & truth["centre_x_mm"].notna()].sort_values("centre_z_mm")
+    zc, xc, yc = (seen[c].to_numpy() for c in ("centre_z_mm", "centre_x_mm", "centre_y_mm"))
+    st = PICTURE_PIXEL_MM
+    nz = int((hi - lo - 2.0) / st)
+    y0 = float(np.median(yc)) - AHEAD_MM
+    ny = int((AHEAD_MM + BEHIND_MM) / st)
+    grid = Grid(origin=(-st, y0, lo + 1.0), spacing=(st, st, st), shape=(nz, ny, 3))
+    zs = lo + 1.0 + st * np.arange(nz)
+    x_shift = np.interp(zs, zc, xc)
+    vol, _ = render_study(p, base, grid, phase, fast=False, x_shift=x_shift)
+    img = vol.astype(np.float32).mean(axis=2)[::-1]
+    extent = (y0, y0 + ny * st, lo + 1.0, lo + 1.0 + nz * st)
+    return img, extent, truth
 
 
-def _save(fig, path: Path, dpi: int) -> None:
+def _label(ax: Any, truth: pd.DataFrame, extent: tuple[float, float, float, float],
+           heights: bool = False) -> None:
+    y0, _, z0, z1 = extent
+    for r in truth.itertuples():
+        if not r.in_view or np.isnan(r.centre_z_mm) or not z0 < r.centre_z_mm < z1:
+            continue
+        text = r.level
+        if r.fractured:
+            text += f" {r.morph_type} G{r.genant_grade}"
+        if heights and not np.isnan(r.ha_mm):
+            text += f"\n{r.ha_mm:.0f}/{r.hm_mm:.0f}/{r.hp_mm:.0f} mm"
+        ax.text(y0 + 4, r.centre_z_mm, text, color="yellow" if r.fractured else "white",
+                fontsize=6.5, va="center")
+
+
+def _show(ax: Any, img: np.ndarray, extent: tuple, window: tuple[float, float], title: str) -> None:
+    ax.imshow(img, cmap="gray", vmin=window[0], vmax=window[1], extent=extent,
+              interpolation="bilinear")
+    ax.set_title(title, fontsize=7.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
     """Save as a palette PNG (grey images compress far better than RGBA): docs stay small."""
     from PIL import Image
 
@@ -70,161 +104,94 @@ def _save(fig, path: Path, dpi: int) -> None:
     q.save(path, optimize=True)
 
 
-def _panel(
-    ax,
-    vol: CTVolume,
-    spec: PatientSpec,
-    levels: list[str],
-    title: str,
-    y_crop: tuple[float, float] | None,
-) -> None:
-    img = vol.hu[::-1, :, vol.hu.shape[2] // 2].astype(np.float32)
-    dz, dy, _ = vol.spacing
-    _, oy, oz = vol.origin
-    z_top = oz + (vol.hu.shape[0] - 1) * dz
-    extent = (oy, oy + img.shape[1] * dy, oz, z_top)
-    ax.imshow(
-        img,
-        cmap="gray",
-        vmin=BONE_WINDOW[0],
-        vmax=BONE_WINDOW[1],
-        extent=extent,
-        interpolation="bilinear",
-    )
-    lay = spec.layout()
-    for lv in levels:
-        p = lay.placements[lv]
-        if oz <= p.centre[2] <= z_top:
-            v = spec.vertebrae[lv]
-            label = lv + (f" G{v.genant_grade}" if v.fractured else "")
-            ax.text(
-                p.centre[1] - v.depth / 2 - 6,
-                p.centre[2],
-                label,
-                color="yellow" if v.fractured else "white",
-                fontsize=7,
-                ha="right",
-                va="center",
-            )
-    if y_crop:
-        ax.set_xlim(*y_crop)
-    ax.set_ylim(oz, z_top)
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def normal_spines(path: Path) -> Path:
+    """Chest, abdomen-pelvis and chest-abdomen-pelvis patients without fracture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [
+        ("chest", "arterial", _patient(4, 58, "F", [], 150.0), "chest CT (lidc0001),\narterial"),
+        ("abdomen", "none", _patient(5, 66, "M", [], 130.0),
+         "abdomen-pelvis (TotalSegmentator),\nunenhanced"),
+        ("cap", "portal_venous", _patient(6, 71, "F", [], 110.0),
+         "chest-abdomen-pelvis (joined at L1/L2),\nportal venous"),
+    ]
+    fig, axes = plt.subplots(1, 4, figsize=(12.0, 8.0), gridspec_kw={"width_ratios": [1, 1, 1, 1]})
+    for ax, (base, phase, p, title) in zip(axes, cases):
+        img, ext, truth = spine_sagittal(p, base, phase)
+        _show(ax, img, ext, BONE_WINDOW, title + ", bone window")
+        _label(ax, truth, ext)
+        if base == "cap":
+            _show(axes[3], img, ext, SOFT_WINDOW, "the same patient,\nsoft-tissue window")
+    fig.suptitle("Synthetic patients on real anatomy, curved mid-sagittal reformats, no fracture",
+                 fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, 85)
+    plt.close(fig)
+    return path
 
 
-def _fracture_patient(seed: int, level: str, morph: str, grade: int) -> PatientSpec:
-    rng = np.random.default_rng(seed)
-    age = float(rng.uniform(62, 88))
-    sex = "F" if rng.random() < 0.65 else "M"
-    spec = random_patient_spec(rng, age=age, sex=sex, fractures=[(level, morph, grade)])
-    spec.scoliosis_cobb_deg = 0.0  # keep the whole column in one sagittal plane
-    spec._layout = None
-    return spec
+#: rows of the fracture pictures: level and the base it is shown on
+FRACTURE_ROWS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("T7", "chest", "arterial"),
+    ("T12", "cap", "portal_venous"),
+    ("L2", "abdomen", "none"),
+)
 
 
 def fracture_grid(morph: str, path: Path, seed: int = 11) -> Path:
-    """3 x 3 grid: rows are three patients (fracture at T7, T12, L2), columns grades 1-3."""
+    """3 x 3: rows are three patients (T7 chest, T12 chest-abdomen-pelvis, L2 abdomen),
+    columns Genant grades 1-3 of *morph*; zoomed on the fracture, bone window."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fracture_qi.synth.priors import SPINE_LEVELS
+    from fracture_qi.synth.realmaps import output_z_of
 
-    levels_rows = ["T7", "T12", "L2"]
-    fig, axes = plt.subplots(3, 3, figsize=(7.5, 9.0))
-    for r, level in enumerate(levels_rows):
+    fig, axes = plt.subplots(3, 3, figsize=(8.0, 9.6))
+    for r, (level, base, phase) in enumerate(FRACTURE_ROWS):
         for c, grade in enumerate((1, 2, 3)):
-            spec = _fracture_patient(seed + 10 * r, level, morph, grade)
-            lay = spec.layout()
-            zc = lay.level_z(level)
-            vol = mid_sagittal_volume(spec, (zc - 62, zc + 62), seed=seed + r + c)
-            v = spec.vertebrae[level]
-            y0 = lay.placements[level].centre[1]
-            title = f"{morph} grade {grade} at {level} (loss {100 * v.loss:.0f}%)"
-            _panel(axes[r, c], vol, spec, list(SPINE_LEVELS), title, (y0 - 45, y0 + 80))
-    fig.suptitle(
-        f"Synthetic CT, mid-sagittal bone window: {morph} fractures (Genant grades 1-3)", fontsize=9
-    )
+            p = _patient(seed + 10 * r, 74.0, "F", [(level, morph, grade)], 95.0)
+            zc = output_z_of(p, base, level)
+            img, ext, truth = spine_sagittal(p, base, phase, (zc - 65.0, zc + 65.0))
+            row = truth[truth.level == level].iloc[0]
+            title = (f"{level} G{grade}, -{100 * row.height_loss:.0f}%: "
+                     f"{row.ha_mm:.0f}/{row.hm_mm:.0f}/{row.hp_mm:.0f} mm")
+            yc = float(row.centre_y_mm)
+            _show(axes[r, c], img, ext, BONE_WINDOW, title)
+            axes[r, c].set_xlim(yc - 60, yc + 75)
+            _label(axes[r, c], truth, (yc - 60, 0, ext[2], ext[3]))
+    fig.suptitle(f"Synthetic patients on real anatomy: {morph} fractures, Genant grades 1-3\n"
+                 "rows: T7 chest CT, T12 chest-abdomen-pelvis, L2 abdomen-pelvis; titles: loss of "
+                 "the defining height, truth Ha/Hm/Hp", fontsize=8.5)
     fig.tight_layout()
-    _save(fig, path, 90)
+    _save(fig, path, 85)
     plt.close(fig)
     return path
 
 
-def normal_spine(path: Path, seed: int = 4) -> Path:
-    """Whole thoraco-lumbar spine of a patient without fracture, with a soft-tissue view."""
+def axial_phases(path: Path) -> Path:
+    """Axial slices of one chest level and one abdominal level in the three contrast phases."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fracture_qi.synth.priors import SPINE_LEVELS
+    from fracture_qi.synth.realmaps import output_z_of
 
-    rng = np.random.default_rng(seed)
-    spec = random_patient_spec(rng, age=58, sex="F", fractures=[], bmd_l1_hu=150.0)
-    spec.scoliosis_cobb_deg = 0.0
-    spec._layout = None
-    lay = spec.layout()
-    z_lo = lay.sacrum[-1].centre[2] - 30
-    z_hi = lay.level_z("T1") + 30
-    vol = mid_sagittal_volume(spec, (z_lo, z_hi), pixel=0.7, seed=seed, contrast="portal_venous")
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 9.0))
-    y0 = lay.placements["T12"].centre[1]
-    _panel(
-        axes[0],
-        vol,
-        spec,
-        list(SPINE_LEVELS),
-        "no fracture: bone window (L300/W1500)",
-        (y0 - 90, y0 + 95),
-    )
-    img = vol.hu[::-1, :, 1].astype(np.float32)
-    dz, dy, _ = vol.spacing
-    _, oy, oz = vol.origin
-    axes[1].imshow(
-        img,
-        cmap="gray",
-        vmin=-160,
-        vmax=240,
-        extent=(oy, oy + img.shape[1] * dy, oz, oz + img.shape[0] * dz),
-    )
-    axes[1].set_title("same plane, soft-tissue window (L40/W400)", fontsize=8)
-    axes[1].set_xticks([])
-    axes[1].set_yticks([])
-    fig.suptitle("Synthetic CT chest-abdomen-pelvis, mid-sagittal (age 58, L1 150 HU)", fontsize=9)
-    fig.tight_layout()
-    _save(fig, path, 90)
-    plt.close(fig)
-    return path
-
-
-def axial_montage(path: Path, seed: int = 5) -> Path:
-    """Axial slices at six levels of one patient (soft-tissue window)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rng = np.random.default_rng(seed)
-    spec = random_patient_spec(rng, age=71, sex="M", fractures=[("L1", "wedge", 2)])
-    lay = spec.layout()
-    levels = ["T4", "T8", "T11", "L1", "L4", "S3"]
-    fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.4))
-    for ax, lv in zip(axes.flat, levels):
-        z = lay.level_z(lv)
-        grid0 = default_grid(spec, "cap", (1, 512, 512), (1.0, 0.8, 0.8), (z, z))
-        hu = render(spec, "cap", grid0, "portal_venous")
-        add_noise(hu, 12.0, np.random.default_rng(1))
-        ax.imshow(hu[0], cmap="gray", vmin=-160, vmax=240)
-        ax.set_title(f"axial at {lv}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.suptitle(
-        "Synthetic CT, axial slices (soft-tissue window, portal venous contrast)", fontsize=9
-    )
+    fig, axes = plt.subplots(2, 3, figsize=(9.0, 6.9))
+    for r, (base, level, p) in enumerate((("chest", "T8", _patient(7, 68, "M", [])),
+                                          ("abdomen", "L3", _patient(8, 68, "M", [])))):
+        z = output_z_of(p, base, level)
+        grid = study_grid(p, base, (z, z), 1.0, 512, 400.0)
+        for c, phase in enumerate(("none", "arterial", "portal_venous")):
+            vol, _ = render_study(p, base, grid, phase, fast=False)
+            _show(axes[r, c], vol[0], None, SOFT_WINDOW, f"{base} at {level}, {phase.replace('_', ' ')}")
+    fig.suptitle("Synthetic patients on real anatomy: axial slices by contrast phase "
+                 "(soft-tissue window)", fontsize=9)
     fig.tight_layout()
     _save(fig, path, 80)
     plt.close(fig)
@@ -236,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     out = Path(args[0] if args else "docs/images")
     out.mkdir(parents=True, exist_ok=True)
-    normal_spine(out / "synth-normal-spine.png")
-    axial_montage(out / "synth-axial-levels.png")
+    normal_spines(out / "synth-normal-spine.png")
+    axial_phases(out / "synth-axial-phases.png")
     for morph in ("wedge", "biconcave", "crush"):
         fracture_grid(morph, out / f"synth-{morph}-grades.png")
     return 0

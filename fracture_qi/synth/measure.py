@@ -125,3 +125,105 @@ def _extent_from_centre(u: np.ndarray, prof: np.ndarray, edge: float, centre: in
     sub_u = u[lo_i - 1 : hi_i + 2] if lo_i > 0 else u[: hi_i + 2]
     sub_p = prof[lo_i - 1 : hi_i + 2] if lo_i > 0 else prof[: hi_i + 2]
     return _extent(sub_u, sub_p, edge)
+
+
+# --- heights of a vertebral-body mask -----------------------------------------------------------
+
+
+def _extent_along(
+    m: np.ndarray, sp: np.ndarray, origin: np.ndarray, direction: np.ndarray, half: float,
+    x_mm: float, lateral: tuple[float, ...] = (-1.5, 0.0, 1.5),
+) -> tuple[float, float]:
+    """First and last offsets (mm) along *direction* from *origin* ((z, y) mm, at ``x_mm``) where
+    the mask, linearly interpolated and averaged over *lateral* x offsets, is at least 0.5."""
+    t = np.arange(-half, half, 0.25)
+    vals = np.zeros_like(t)
+    p = origin[None, :] + t[:, None] * direction[None, :]
+    for dx in lateral:
+        coords = np.stack([p[:, 0] / sp[0], p[:, 1] / sp[1], np.full(len(t), (x_mm + dx) / sp[2])])
+        vals += map_coordinates(m, coords, order=1, mode="constant") / len(lateral)
+    inside = np.nonzero(vals >= 0.5)[0]
+    if len(inside) == 0:
+        return 0.0, 0.0
+    return float(t[inside[0]]), float(t[inside[-1]])
+
+
+def mask_heights(
+    mask: np.ndarray,
+    spacing: tuple[float, float, float],
+    inset: float = 0.10,
+    axis: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Ha/Hm/Hp (mm) of one vertebral-body mask, measured along the body's own axes.
+
+    The body's mid-sagittal plane is the x of its centroid. Heights are the extent of the
+    mask (linearly interpolated, 0.5 level) along the body's axis at columns ``inset`` of the
+    depth in from the anterior and posterior walls and at the middle.
+
+    Parameters
+    ----------
+    mask
+        Boolean or fractional mask ``(z, y, x)`` of one body (a crop is fine).
+    spacing
+        Voxel size ``(dz, dy, dx)`` in mm.
+    inset
+        Where Ha and Hp are taken, as a fraction of the depth in from each wall.
+    axis
+        The body's cranial axis ``(z, y, x)`` (e.g. the line between its neighbours'
+        centroids). None: the principal direction of the mid-sagittal section closest to
+        ``z`` (fine for a body taller than it is deep or standing upright; a tilted, near-square
+        thoracic section needs *axis*).
+
+    Returns
+    -------
+    dict
+        ``ha, hm, hp, depth, width`` (mm); ``centre`` (z, y, x mm from voxel [0, 0, 0]),
+        ``tilt_sagittal_deg`` and ``tilt_coronal_deg`` of the axis used.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    kk, ii, jj = np.nonzero(mask >= 0.5) if mask.dtype != bool else np.nonzero(mask)
+    pts = np.stack([kk, ii, jj], axis=1) * sp
+    cz, cy, cx = pts.mean(axis=0)
+    if axis is None:
+        mid = pts[np.abs(pts[:, 2] - cx) <= 3.0][:, :2] - [cz, cy]
+        _, v = np.linalg.eigh(np.cov(mid.T))
+        e_ap = v[:, np.argmax(np.abs(v[1]))]
+        if e_ap[1] < 0:
+            e_ap = -e_ap  # towards posterior
+        e_h = np.array([e_ap[1], -e_ap[0]])
+        if e_h[0] < 0:
+            e_h = -e_h
+        coronal = 0.0
+    else:
+        a = np.asarray(axis, dtype=float)
+        a = a / np.linalg.norm(a)
+        if a[0] < 0:
+            a = -a
+        e_h = a[:2] / np.linalg.norm(a[:2])
+        e_ap = np.array([-e_h[1], e_h[0]])
+        if e_ap[1] < 0:
+            e_ap = -e_ap
+        coronal = float(np.degrees(np.arctan2(a[2], a[0])))
+    m = mask.astype(np.float32)
+    c = np.array([cz, cy])
+    a0, a1 = _extent_along(m, sp, c, e_ap, 60.0, cx)
+    depth = a1 - a0
+    out: dict[str, object] = {}
+    for name, a in (("hp", a1 - inset * depth), ("hm", 0.5 * (a0 + a1)), ("ha", a0 + inset * depth)):
+        lo, hi = _extent_along(m, sp, c + a * e_ap, e_h, 40.0, cx)
+        out[name] = hi - lo
+    out["depth"] = depth
+    # width: along x through the centre of the mid-sagittal section, a few rows averaged
+    mid_c = c + 0.5 * (a0 + a1) * e_ap
+    t = np.arange(-45.0, 45.0, 0.25)
+    vals = np.zeros_like(t)
+    for dz in (-1.5, 0.0, 1.5):
+        p = mid_c + dz * e_h
+        coords = np.stack([np.full(len(t), p[0] / sp[0]), np.full(len(t), p[1] / sp[1]), (cx + t) / sp[2]])
+        vals += map_coordinates(m, coords, order=1, mode="constant") / 3.0
+    inside = np.nonzero(vals >= 0.5)[0]
+    out["width"] = float(t[inside[-1]] - t[inside[0]]) if len(inside) else 0.0
+    out["centre"] = (float(mid_c[0]), float(mid_c[1]), float(cx))
+    out["tilt_sagittal_deg"] = float(np.degrees(np.arctan2(e_h[1], e_h[0])))
+    out["tilt_coronal_deg"] = coronal
+    return out  # type: ignore[return-value]

@@ -403,7 +403,7 @@ def render(
     slab = np.empty((ny, nx), dtype=np.float32)
     aa = float((dy + dx) / 2)
     if fov == "head":
-        _render_head(vol, xs, ys, zs, aa, spec)
+        _render_head(vol, xs, ys, zs, aa, spec.torso.table_y)
         return vol
     lay = spec.layout()
     zc = np.array([lay.placements[lv].centre[2] for lv in priors.SPINE_LEVELS])
@@ -469,8 +469,23 @@ def paint_spine(vol: np.ndarray, grid: Grid, spec: PatientSpec, contrast: str = 
         paint_sacral_segment(vol, grid, p, h, dep, wid, ala, sac_hu)
 
 
+def render_head(grid: Grid, table_y: float) -> np.ndarray:
+    """A head CT on *grid* (int16 HU): skull, brain, ventricles, head holder; no spine.
+
+    The head's top is the grid's last slice; it lies centred at ``y = table_y - 100`` mm.
+    """
+    nz, ny, nx = grid.shape
+    ox, oy, oz = grid.origin
+    dz, dy, dx = grid.spacing
+    vol = np.empty(grid.shape, dtype=np.int16)
+    _render_head(vol, (ox + dx * np.arange(nx)).astype(np.float32),
+                 (oy + dy * np.arange(ny)).astype(np.float32), oz + dz * np.arange(nz),
+                 float((dy + dx) / 2), table_y)
+    return vol
+
+
 def _render_head(
-    vol: np.ndarray, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, aa: float, spec: PatientSpec
+    vol: np.ndarray, xs: np.ndarray, ys: np.ndarray, zs: np.ndarray, aa: float, table_y: float
 ) -> None:
     """A head CT: scalp, skull with diploe, brain, ventricles, head holder. No spine."""
     from fracture_qi.synth.torso import ellipse
@@ -478,7 +493,7 @@ def _render_head(
     slab = np.empty((len(ys), len(xs)), dtype=np.float32)
     z_top = float(zs.max())
     zc = z_top - 75.0
-    hy = spec.torso.table_y - 100.0
+    hy = table_y - 100.0
     for k, z in enumerate(zs):
         slab.fill(priors.HU["air"])
         f = 1 - ((z - zc) / 80.0) ** 2
