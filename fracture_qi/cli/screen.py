@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model or args.model_sha256:
         import dataclasses
 
-        from fracture_qi.screening.models import load_model, resolve_spec
+        from fracture_qi.screening.models import resolve_spec
 
         spec = resolve_spec(args.model or "reference")
         if spec.kind == "vendor":
@@ -187,8 +187,7 @@ def run(args: argparse.Namespace) -> int:
                               "model: {kind: vendor, path, sha256, id, version}")
         if args.model_sha256:
             spec = dataclasses.replace(spec, sha256=args.model_sha256.lower())
-        model = load_model(spec, device=args.device or "auto", flag_grade=args.flag_grade or 2,
-                           max_slice_mm=getattr(args, "max_slice_mm", None))
+        model = spec  # checked by screen_paths at once, built when there is a series to screen
     summary = screen_paths(
         [Path(p) for p in args.paths], args.out, model=model, device=args.device or "auto",
         workers=args.workers, batch_size=args.batch_size or 1, flag_grade=args.flag_grade or 2,

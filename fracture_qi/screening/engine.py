@@ -110,9 +110,11 @@ def screen_series(
     SeriesOutcome
         In completion order; every job yields exactly one outcome.
     """
+    job_list = list(jobs)
+    if not job_list:  # nothing to decode: start no worker process
+        return
     from tqdm.auto import tqdm
 
-    job_list = list(jobs)
     workers = default_workers() if workers is None else max(0, int(workers))
     batch_size = max(1, int(batch_size))
     prefetch = batch_size if prefetch is None else max(1, int(prefetch))
@@ -399,7 +401,7 @@ def screen_paths(
         When no path exists (nothing at all to read).
     """
     from fracture_qi.dicom.scan import MAX_SLICE_MM, scan_paths
-    from fracture_qi.screening.models import load_model
+    from fracture_qi.screening.models import ModelSpec, load_model, resolve_spec, verify_sha256
     from fracture_qi.screening.results import CsvSink
 
     missing = [str(p) for p in paths if not Path(p).exists()]
@@ -410,16 +412,26 @@ def screen_paths(
         )
     for m in missing:
         log.warning("%s does not exist; skipped", m)
-    if model is None or isinstance(model, (str, Path, dict)):
-        model = load_model(model, device=device, flag_grade=flag_grade, max_slice_mm=max_slice_mm)
+    spec: ModelSpec | None = None
+    if model is None or isinstance(model, (str, Path, dict, ModelSpec)):
+        # checked now (kind, file, checksum: no torch), built once there is a series to screen:
+        # a folder with nothing eligible is answered without importing the model's framework
+        spec = resolve_spec(model, device=device, flag_grade=flag_grade)
+        if spec.path and spec.kind != "vendor":
+            verify_sha256(spec.path, spec.sha256)
     slice_limit = MAX_SLICE_MM if max_slice_mm is None else float(max_slice_mm)
     scan_workers = max(1, workers if workers is not None else default_workers())
     scan = scan_paths([p for p in paths if Path(p).exists()], workers=scan_workers,
                       progress=progress, ignore_age=ignore_age, max_slice_mm=slice_limit)
     sink = CsvSink(out_dir)
-    summary = RunSummary(model_id=model.model_id, model_version=model.model_version,
-                         device=model_device(model), out_dir=str(Path(out_dir).resolve()),
+    summary = RunSummary(out_dir=str(Path(out_dir).resolve()),
                          keyimage_dir=str(sink.keyimage_dir))
+    if spec is not None:
+        summary.model_id = spec.model_id or spec.kind
+        summary.model_version = spec.model_version or ""
+    else:
+        summary.model_id, summary.model_version = model.model_id, model.model_version
+        summary.device = model_device(model)
     jobs: list[SeriesJob] = []
     try:
         for problem in scan.problems:
@@ -443,6 +455,11 @@ def screen_paths(
                 log.info("series %s not screened (--limit)", job.key)
             jobs = jobs[: max(0, int(limit))]
         summary.n_planned = len(jobs)
+        if jobs and spec is not None:
+            model = load_model(spec, device=device, flag_grade=flag_grade,
+                               max_slice_mm=max_slice_mm)
+            summary.model_id, summary.model_version = model.model_id, model.model_version
+            summary.device = model_device(model)
         t0 = time.perf_counter()
         try:
             for outcome in _outcomes(jobs, model, workers=workers, batch_size=batch_size,
