@@ -202,8 +202,12 @@ def run(args: argparse.Namespace) -> int:
         ignore_age=args.ignore_age, timeout_s=args.timeout_s,
         max_slice_mm=getattr(args, "max_slice_mm", None), decoder=args.decoder,
     )
-    for line in summary.lines():
-        print(line)
+    if summary.n_planned == 0:
+        print("nothing to screen: no eligible series in " + ", ".join(args.paths)
+              + " (each file's reason is in studies.csv)")
+    else:
+        for line in summary.lines():
+            print(line)
     out = Path(summary.out_dir or args.out)
     print(f"results: {out / 'studies.csv'}, {out / 'vertebrae.csv'}")
     print(f"key images: {summary.keyimage_dir}")

@@ -126,9 +126,6 @@ class RunSummary:
 
     def lines(self) -> list[str]:
         """Human summary for the command line."""
-        if self.n_planned == 0 and not (self.n_ok or self.n_error or self.n_skipped):
-            return [f"nothing to screen: no eligible series for model {self.model_id} "
-                    f"{self.model_version}".rstrip()]
         out = [
             f"model {self.model_id} {self.model_version} on {self.device or '?'}: "
             f"{self.n_ok} screened ok ({self.n_flagged} flagged), {self.n_error} error(s), "
