@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEG2000Lossless
 
 from fracture_qi.dicom import accel, codecs
 from fracture_qi.dicom.volume import load_series
@@ -26,6 +25,7 @@ from fracture_qi.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import dicomgen  # noqa: E402
+from j2k_series import write_j2k_series  # noqa: E402
 
 
 def _has_nvimgcodec() -> bool:
@@ -44,27 +44,6 @@ def _fresh_probe():
     yield
     accel.install_decoder(None)
     accel._SAID.clear()  # noqa: SLF001
-
-
-def write_j2k_series(folder: Path, n: int = 24, *, signed: bool = False,
-                     rows: int = 48, cols: int = 48) -> list[Path]:
-    """A lossless JPEG 2000 series with a different image on every slice."""
-    rng = np.random.default_rng(11 + n + int(signed))
-    hu = rng.integers(-1000, 1800, size=(n, rows, cols)).astype(np.int16)
-
-    def signed_pixels(i: int, ds: pydicom.Dataset) -> None:
-        if signed:  # stored values are HU, two's complement, intercept 0
-            ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
-            ds.RescaleIntercept = 0
-            ds.PixelData = hu[i].astype("<i2").tobytes()
-
-    paths = dicomgen.write_ct_series(folder, n=n, rows=rows, cols=cols, spacing=2.0, hu=hu,
-                                     per_file=signed_pixels)
-    for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-        ds.save_as(p, enforce_file_format=True)
-    return paths
 
 
 @pytest.fixture(scope="module")
