@@ -231,7 +231,10 @@ class NvImageCodecDecoder:
                         backends=[nvimgcodec.Backend(nvimgcodec.GPU_ONLY),
                                   nvimgcodec.Backend(nvimgcodec.HYBRID_CPU_GPU)])
         except Exception as e:  # RuntimeError("CUDA Runtime failure...") without a GPU
-            detail = _plain("; ".join(s for s in said if "Failed to load" in s))[:300]
+            # the driver's absence first: it explains the rest (no nvJPEG, no nvJPEG2000)
+            loads = [x for x in said if "Failed to load" in x or "failed" in x]
+            loads.sort(key=lambda x: not any(k in x for k in ("libcuda", "driver", "device")))
+            detail = _plain("; ".join(loads))[:300]
             raise GpuDecodeError(f"nvImageCodec cannot start: {_plain(str(e))}"
                                  + (f" ({detail})" if detail else "")) from e
         self.startup_messages = said
