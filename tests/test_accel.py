@@ -265,3 +265,25 @@ def test_a_lone_series_in_the_pool_gets_every_core(j2k, monkeypatch) -> None:
     list(screen_series([job(i) for i in range(6)], model, workers=2, decoder="cpu"))
     # a backlog: the first series share the cores between the two workers
     assert model.meta and max(m["decode_processes"] for m in model.meta[:2]) == 2
+
+
+@pytest.mark.skipif(not accel.can_fork_helpers(), reason="forked helpers are Linux only")
+def test_decoding_in_this_process_uses_every_core_too(j2k, monkeypatch) -> None:
+    """workers=0 is how the listener screens each study as it arrives: alone."""
+    from fracture_qi.screening import pool
+    from fracture_qi.screening.engine import SeriesJob, screen_series
+
+    monkeypatch.setattr(pool, "usable_cores", lambda: 3)
+    ds = pydicom.dcmread(j2k["unsigned"][0], stop_before_pixels=True)
+    job = SeriesJob(key=0, study_instance_uid=str(ds.StudyInstanceUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    paths=[str(p) for p in j2k["unsigned"]])
+    model = _Recorder()
+    (out,) = list(screen_series([job], model, workers=0, decoder="cpu"))
+    assert out.ok and model.meta[-1]["decode_processes"] == 3
+    monkeypatch.setenv(accel.PROCESSES_ENV, "1")  # a site can turn the helpers off
+    list(screen_series([job], model, workers=0, decoder="cpu"))
+    assert model.meta[-1]["decode_processes"] == 1
+    monkeypatch.setenv(accel.PROCESSES_ENV, "many")
+    with pytest.raises(ConfigError, match="FRACTURE_QI_DECODE_PROCESSES"):
+        accel.max_decode_processes()

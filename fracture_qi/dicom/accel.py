@@ -63,6 +63,8 @@ GPU_BATCH_FRAMES = 128
 PARALLEL_MIN_FRAMES = 16
 #: most helper processes one series is decoded with (the engine caps it at the cores)
 MAX_DECODE_PROCESSES = 32
+#: environment variable that lowers that cap (1: never fork decode helpers)
+PROCESSES_ENV = "FRACTURE_QI_DECODE_PROCESSES"
 #: the label ``meta["decoder"]`` carries for frames nvImageCodec decoded
 GPU_DECODER_NAME = "nvimgcodec"
 
@@ -430,6 +432,27 @@ _SAID: set[tuple[str, int, GpuStatus]] = set()
 # --------------------------------------------------------------------------------------------
 # every core for one series: forked helpers writing into one shared array
 # --------------------------------------------------------------------------------------------
+def max_decode_processes() -> int:
+    """:data:`MAX_DECODE_PROCESSES`, or lower where ``FRACTURE_QI_DECODE_PROCESSES`` says.
+
+    Raises
+    ------
+    ConfigError
+        When the variable is not a whole number of at least 1.
+    """
+    raw = os.environ.get(PROCESSES_ENV, "").strip()
+    if not raw:
+        return MAX_DECODE_PROCESSES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{PROCESSES_ENV} = {raw!r} is not a number of processes. Fix: a "
+                          "whole number >= 1 (1: one process per series), or unset it")
+    return min(value, MAX_DECODE_PROCESSES)
+
+
 def can_fork_helpers() -> bool:
     """Forked helpers are used on Linux only, and never from a process holding a GPU decoder
     (a CUDA context does not survive a fork)."""
@@ -513,6 +536,7 @@ __all__ = [
     "DECODERS",
     "DECODER_ENV",
     "GPU_DECODER_NAME",
+    "PROCESSES_ENV",
     "GPU_SYNTAXES",
     "DecodeSettings",
     "GpuDecodeError",
@@ -526,6 +550,7 @@ __all__ = [
     "gpu_in_use",
     "gpu_status",
     "install_decoder",
+    "max_decode_processes",
     "normalise_decoder",
     "resolve_decoder",
     "run_in_helpers",

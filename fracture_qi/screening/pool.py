@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
-from fracture_qi.dicom.accel import MAX_DECODE_PROCESSES, DecodeSettings
+from fracture_qi.dicom.accel import DecodeSettings, max_decode_processes
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ScreeningError
 from fracture_qi.screening.decode import (
@@ -83,7 +83,7 @@ def decode_processes(cores: int, workers: int, series_waiting: int) -> int:
     2
     """
     sharing = max(1, min(int(workers), int(series_waiting)))
-    return max(1, min(MAX_DECODE_PROCESSES, int(cores) // sharing))
+    return max(1, min(max_decode_processes(), int(cores) // sharing))
 
 
 @dataclass
@@ -285,13 +285,18 @@ def inline_volumes(
 ) -> Iterator[SeriesOutcome | list[ReadyVolume]]:
     """Decode in this process, one series at a time; yield failures and batches.
 
-    Frames are decoded here alone (no forked helpers: this process may hold the model's
-    CUDA context, threads and a database connection); the GPU where *decode_settings* say.
+    One series decodes at a time and the model waits for it, so a compressed series may use
+    every core (forked helpers: they only decode and write into shared memory, then leave
+    without running any cleanup, so this process's CUDA context, threads and database
+    connections are never touched in them); the GPU where *decode_settings* say. This is how
+    the listener (``fracture-qi listen``) screens each study as it arrives.
     """
     batch: list[ReadyVolume] = []
     settings = None
     if decode_settings is not None:
-        settings = DecodeSettings(decode_settings.decoder, 1, decode_settings.gpu_device)
+        settings = DecodeSettings(decode_settings.decoder,
+                                  decode_processes(usable_cores(), 1, 1),
+                                  decode_settings.gpu_device)
     for job in jobs:
         d = decode(job, loader, to_shm=False, settings=settings)
         if isinstance(d, DecodeFailure):
