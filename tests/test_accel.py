@@ -287,3 +287,17 @@ def test_decoding_in_this_process_uses_every_core_too(j2k, monkeypatch) -> None:
     monkeypatch.setenv(accel.PROCESSES_ENV, "many")
     with pytest.raises(ConfigError, match="FRACTURE_QI_DECODE_PROCESSES"):
         accel.max_decode_processes()
+
+
+def test_a_run_that_asked_for_the_gpu_says_where_it_decoded(j2k, monkeypatch,
+                                                             tmp_path: Path) -> None:
+    """The command's summary tells IT that the GPU was asked for and not used, and why."""
+    from fracture_qi.screening.engine import screen_paths
+
+    monkeypatch.setitem(sys.modules, "nvidia.nvimgcodec", None)
+    summary = screen_paths([j2k["unsigned"][0].parent], tmp_path / "out", model=_Recorder(),
+                           workers=0, decoder="gpu", progress=False, ignore_age=True)
+    text = "\n".join(summary.lines())
+    assert summary.n_ok == 1
+    assert "decoded with: " + codecs.choose_plugin(codecs.JPEG_2000_LOSSLESS) in text
+    assert "decoder gpu was asked for; decoded on the CPU: nvImageCodec is not installed" in text

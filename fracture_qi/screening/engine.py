@@ -343,6 +343,7 @@ def _resolved(summary: RunSummary, decoder: str, dask: str | None,
     """The decoder choice the run's workers are told: resolved here (``gpu`` or ``cpu``,
     probed once, the reason kept in *summary*) for local workers; as asked on a Dask
     cluster, whose workers (other machines) each resolve it on their own GPU."""
+    summary.decoder_requested = decoder
     if dask or not jobs or not getattr(model, "needs_pixels", True):
         summary.decoder_choice = decoder
         return decoder

@@ -101,7 +101,8 @@ class RunSummary:
     interrupted_runs: list[int] = field(default_factory=list)
     #: series per decoder (``nvimgcodec`` is the GPU), as the outcomes report them
     decoders: dict[str, int] = field(default_factory=dict)
-    #: the run's decoder choice as resolved (``"gpu"``/``"cpu"``) and why
+    #: the run's decoder choice as asked (``auto``/``cpu``/``gpu``), as resolved, and why
+    decoder_requested: str | None = None
     decoder_choice: str | None = None
     decoder_reason: str | None = None
 
@@ -137,8 +138,8 @@ class RunSummary:
         if self.decoders:
             used = ", ".join(f"{name} {n}" for name, n in sorted(self.decoders.items()))
             out.append(f"  decoded with: {used}")
-        if self.decoder_choice == "cpu" and self.decoder_reason not in (None, "asked for"):
-            out.append(f"  decoding on the CPU: {self.decoder_reason}")
+        if self.decoder_requested == "gpu" and self.decoder_choice == "cpu":
+            out.append(f"  decoder gpu was asked for; decoded on the CPU: {self.decoder_reason}")
         if self.interrupted_runs:
             ids = ", ".join(str(i) for i in self.interrupted_runs)
             out.append(f"  earlier run(s) {ids} had stopped without finishing (killed?): now "
