@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import JPEG2000Lossless
 
-import dicomgen
+from tests import dicomgen
 
 
 def write_j2k_series(folder: Path, n: int = 24, *, signed: bool = False, rows: int = 48,

@@ -25,7 +25,7 @@ from fracture_qi.errors import ConfigError
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import dicomgen  # noqa: E402
-from j2k_series import write_j2k_series  # noqa: E402
+from tests.j2k_series import write_j2k_series  # noqa: E402
 
 
 def _has_nvimgcodec() -> bool:

@@ -20,7 +20,7 @@ from fracture_qi.dicom.volume import load_series
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import dicomgen  # noqa: E402
-from j2k_series import write_j2k_series  # noqa: E402
+from tests.j2k_series import write_j2k_series  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
