@@ -58,8 +58,9 @@ GPU_SYNTAXES = frozenset({
 #: small enough that a batch's buffers (about 0.5 MB a frame, decoded) stay modest when
 #: fifteen decode workers share one card
 GPU_BATCH_FRAMES = 128
-#: fewest frames worth forking helpers for: a fork costs ~10-20 ms on a worker holding a
-#: series, a JPEG 2000 frame ~40 ms to decode on one core (benchmarks/README.md, Decoding)
+#: fewest frames worth forking helpers for: a fork (and its exit and reaping) took 12-22 ms
+#: from a process holding 300 MB on the 2-core dev machine, a JPEG 2000 frame ~40 ms to decode
+#: on one core (benchmarks/README.md, Decoding)
 PARALLEL_MIN_FRAMES = 16
 #: most helper processes one series is decoded with (the engine caps it at the cores)
 MAX_DECODE_PROCESSES = 32
