@@ -16,6 +16,7 @@ picklable :class:`ModelSpec` (``model.spec``) from which a Dask worker rebuilds 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
