@@ -22,6 +22,12 @@ Single process, single thread: the engine parallelises per study, not per slice.
 CPU seconds of this process (``time.process_time``; every decoder here is single-threaded,
 so on an idle core this equals wall time) because the machines these figures come from are
 shared; wall seconds are printed beside them.
+
+``--accel`` adds, for each compressed syntax, the accelerated paths of
+:mod:`fracture_qi.dicom.accel` (wall seconds, best of ``--repeat``, each checked identical to
+the one-process decode): the series' frames in ``--processes`` forked helper processes (a
+lone study given every core), and nvImageCodec on the GPU where one decodes here. HTJ2K is
+encoded with openjphpy where installed, else with nvImageCodec on the GPU.
 """
 
 from __future__ import annotations
@@ -126,13 +132,28 @@ def _gdcm_encode(ds: Dataset, syntax: str) -> Dataset:
 
 
 def _htj2k_encode(ds: Dataset) -> Dataset:
-    """HTJ2K via openjphpy where installed (pydicom has no HTJ2K encoder)."""
-    import openjphpy  # type: ignore[import-not-found]
+    """HTJ2K via openjphpy where installed, else nvImageCodec on a GPU (pydicom has no HTJ2K
+    encoder; OpenJPEG only decodes it)."""
     from pydicom.encaps import encapsulate
 
     arr = ds.pixel_array
-    buf = openjphpy.encode(arr, reversible=True)  # API of openjphpy 0.1
-    ds.PixelData = encapsulate([bytes(buf)])
+    try:
+        import openjphpy  # type: ignore[import-not-found]
+
+        buf = bytes(openjphpy.encode(arr, reversible=True))  # API of openjphpy 0.1
+    except ImportError:
+        from nvidia import nvimgcodec
+
+        params = nvimgcodec.EncodeParams(
+            quality_type=nvimgcodec.QualityType.LOSSLESS,
+            jpeg2k_encode_params=nvimgcodec.Jpeg2kEncodeParams(
+                bitstream_type=nvimgcodec.Jpeg2kBitstreamType.J2K, ht=True))
+        stream = nvimgcodec.Encoder().encode(arr[:, :, None], "jpeg2k", params=params)
+        if stream is None:
+            raise RuntimeError("nvImageCodec could not encode HTJ2K (no GPU?)") from None
+        buf = bytes(stream)
+    ds.PixelData = encapsulate([buf])
+    ds["PixelData"].is_undefined_length = True
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = codecs.HTJ2K_LOSSLESS
     return ds
@@ -185,6 +206,43 @@ def time_plugins(files: list[Path], syntax: str) -> dict[str, float]:
     return out
 
 
+def time_accel(files: list[Path], syntax: str, reference: np.ndarray, repeat: int,
+               processes: int) -> dict[str, str]:
+    """Wall seconds of load_series with forked helpers and on the GPU, each round timed right
+    after a one-process decode (so a burst of load elsewhere hits both alike): the median
+    over rounds of the ratio, and each checked identical to the one-process decode."""
+    from fracture_qi.dicom import accel
+
+    out: dict[str, str] = {}
+    ways = [(f"{processes} processes", accel.DecodeSettings("cpu", processes=processes))]
+    if syntax in accel.GPU_SYNTAXES:
+        status = accel.gpu_status(0)
+        if status.available:
+            ways.append(("GPU (nvImageCodec)", accel.DecodeSettings("gpu")))
+        else:
+            out["GPU (nvImageCodec)"] = f"not measured: {status.reason[:120]}"
+    one = accel.DecodeSettings("cpu", processes=1)
+    for label, settings in ways:
+        fast, base, same = [], [], True
+        with accel.using(settings):
+            load_series(files[:8])  # warm-up: the GPU's context and buffers
+        for _ in range(repeat):
+            with accel.using(one):
+                t0 = time.perf_counter()
+                load_series(files)
+                base.append(time.perf_counter() - t0)
+            with accel.using(settings):
+                t0 = time.perf_counter()
+                vol = load_series(files)
+                fast.append(time.perf_counter() - t0)
+            same = same and bool(np.array_equal(vol.hu, reference))
+        ratio = float(np.median(np.array(fast) / np.array(base)))
+        out[label] = (f"{min(fast):.2f} s wall, {ratio:.2f}x one process "
+                      f"(median of {repeat}; {vol.meta['decoder']}, "
+                      f"{'identical' if same else 'DIFFERENT'})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,10 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--syntax", nargs="*", default=list(SYNTAXES), choices=list(SYNTAXES))
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/fqi-decode-bench"))
     ap.add_argument("--no-plugins", action="store_true", help="skip the per-plugin timings")
+    ap.add_argument("--accel", action="store_true",
+                    help="also time forked helper processes and the GPU (dicom.accel)")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="helper processes for --accel (default: this machine's cores)")
     args = ap.parse_args(argv)
+    import os
+
+    processes = args.processes or len(os.sched_getaffinity(0))
 
     templates = base_slices()
     rows = []
+    accel_rows: list[tuple[str, float, dict[str, str]]] = []
     for name in args.syntax:
         syntax = SYNTAXES[name]
         try:
@@ -220,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         plugins = {} if args.no_plugins else time_plugins(files, syntax)
         rows.append((name, size_mb, best, best_wall, decoder, plugins))
         print(f"{name}: {best:.2f} s CPU, {best_wall:.2f} s wall ({decoder})", file=sys.stderr)
+        if args.accel and syntax not in codecs.NATIVE_SYNTAXES:
+            fast = time_accel(files, syntax, vol.hu, args.repeat, processes)
+            accel_rows.append((name, best_wall, fast))
+            print(f"{name}: {fast}", file=sys.stderr)
 
     print(f"\n{args.slices} slices 512x512, one process ({'real' if REAL.is_dir() else 'synthetic'} "
           "anatomy)\n")
@@ -233,6 +303,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"| {name} | {mb:.0f} | {secs:.2f} ({wall:.2f}) | {args.slices / secs:.0f} | "
                   f"{decoder} | {ptxt or '-'} |")
+    if accel_rows:
+        print(f"\naccelerated (wall s, best of {args.repeat}; one process for comparison)\n")
+        labels = sorted({k for _, _, d in accel_rows for k in d})
+        print("| transfer syntax | one process | " + " | ".join(labels) + " |")
+        print("| --- | --- | " + " | ".join("---" for _ in labels) + " |")
+        for name, one, fast in accel_rows:
+            print(f"| {name} | {one:.2f} s | " + " | ".join(fast.get(k, "-") for k in labels)
+                  + " |")
     return 0
 
 

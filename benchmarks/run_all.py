@@ -30,7 +30,9 @@ REALDATA = HERE.parent.parent / "shared" / "realdata"
 def plan(quick: bool, out: Path) -> list[tuple[str, list[str]]]:
     """(name, arguments after the script) for each benchmark, in order."""
     steps: list[tuple[str, list[str]]] = [
-        ("decode_speed", ["--slices", "100" if quick else "400", "--repeat", "1" if quick else "2"]),
+        ("startup_speed", ["--repeat", "3" if quick else "7", "--json", str(out / "startup_speed.json")]),
+        ("decode_speed", ["--slices", "100" if quick else "400", "--repeat", "1" if quick else "2",
+                          "--accel"]),
         ("screen_speed", (
             ["--copies", "2", "--repeat", "2", "--pipe-repeat", "1", "--rss-slices", "0", "--skip-j2k"]
             if quick else ["--copies", "6", "--workers", "2"]

@@ -24,7 +24,17 @@ What it does (everything on the same synthetic series: ``make_spine_volume``, 51
    worker count. The ratio screen/decode compares those two: --pipe-repeat alternating
    pairs, the median of the per-pair ratios;
 6. **memory**: peak RSS of a decode worker (and of the main process) on a ``--rss-slices``
-   series (uncompressed).
+   series (uncompressed);
+7. **where the time goes** (for batching the model, issue 20 part 2): for each pipelined run,
+   the model's busy share of the wall time and the decode workers' (from the outcomes' own
+   decode and model seconds), and a cProfile of ``model.screen`` on one volume (the top
+   functions by cumulative time);
+8. **a lone series** (JPEG 2000): one series through the engine with one decode process
+   against the same with every core (forked helpers, ``dicom.accel``), as a study that
+   arrives alone is screened.
+
+``--decoder auto|cpu|gpu`` chooses where JPEG 2000 is decoded (default cpu, so CPU figures
+stay comparable; use auto on a GPU machine).
 
 Prints a Markdown table and one JSON object (``--json`` also writes it), so a GPU run
 (``--device cuda --workers 15``) can be pasted next to the CPU one.
@@ -139,13 +149,16 @@ def _job(paths: list[Path], key: Any) -> SeriesJob:
                      paths=[str(p) for p in paths], path=str(paths[0].parent))
 
 
+DECODER = "cpu"  # set from --decoder in main()
+
+
 def pipelined(paths, model, copies: int, workers: int, batch: int) -> tuple[float, float, list]:
     """Wall time of *copies* series through the engine, and the steady-state time per series
     (between the first and the last result: the pool's start-up left out)."""
     jobs = [_job(paths, i) for i in range(copies)]
     t0 = time.perf_counter()
     outs, stamps = [], []
-    for o in screen_series(jobs, model, workers=workers, batch_size=batch):
+    for o in screen_series(jobs, model, workers=workers, batch_size=batch, decoder=DECODER):
         outs.append(o)
         stamps.append(time.perf_counter())
     wall = time.perf_counter() - t0
@@ -154,6 +167,68 @@ def pipelined(paths, model, copies: int, workers: int, batch: int) -> tuple[floa
         raise SystemExit(f"screening failed in the benchmark: {bad}")
     steady = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else wall
     return wall, steady, outs
+
+
+def time_split(outs: list, wall: float, workers: int) -> dict[str, Any]:
+    """Where a pipelined run's time went, from the outcomes' own timings: the model's busy
+    share of the wall time (the rest it waited for decoded volumes) and the decode workers'."""
+    dec = sum(o.decode_seconds or 0.0 for o in outs)
+    mod = sum(o.screen_seconds or 0.0 for o in outs)
+    return {
+        "wall_s": round(wall, 2), "series": len(outs),
+        "decode_s_per_series": round(dec / len(outs), 3),
+        "model_s_per_series": round(mod / len(outs), 3),
+        "model_busy_pct": round(100 * mod / wall, 1),
+        "model_waiting_s": round(max(0.0, wall - mod), 2),
+        "decode_workers_busy_pct": round(100 * dec / (wall * max(1, workers)), 1),
+        "decoders": sorted({o.decoder or "?" for o in outs}),
+    }
+
+
+def model_profile(model, volume, top: int = 15) -> list[dict[str, Any]]:
+    """cProfile of one ``model.screen``: the *top* functions by cumulative seconds."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    model.screen(volume)
+    prof.disable()
+    stats = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_, ncalls, _, cum, _) in stats.stats.items():  # type: ignore[attr-defined]
+        if "fracture_qi" not in file and not func.startswith("<built-in method torch"):
+            continue
+        short = file.split("fracture_qi/")[-1] if "fracture_qi" in file else file
+        rows.append({"function": f"{short}:{line}({func})", "calls": ncalls,
+                     "cumulative_s": round(cum, 3)})
+    rows.sort(key=lambda r: -r["cumulative_s"])
+    return rows[:top]
+
+
+def lone_series(paths, model, workers: int, rounds: int = 3) -> dict[str, Any]:
+    """One series alone through the engine: one decode process, then every core, in turn
+    (*rounds* pairs; the median ratio)."""
+    from fracture_qi.screening import pool
+
+    real = pool.usable_cores
+    walls: dict[str, list[float]] = {"one_process": [], "every_core": []}
+    for _ in range(rounds):
+        for label, cores in (("one_process", lambda: 1), ("every_core", real)):
+            pool.usable_cores = cores  # type: ignore[assignment]
+            try:
+                t0 = time.perf_counter()
+                list(screen_series([_job(paths, label)], model, workers=workers,
+                                   decoder=DECODER))
+                walls[label].append(time.perf_counter() - t0)
+            finally:
+                pool.usable_cores = real  # type: ignore[assignment]
+    ratio = np.array(walls["every_core"]) / np.array(walls["one_process"])
+    return {"cores": real(), "rounds": rounds,
+            "one_process_wall_s": round(min(walls["one_process"]), 2),
+            "every_core_wall_s": round(min(walls["every_core"]), 2),
+            "ratio_every_core": round(float(np.median(ratio)), 2),
+            "walls": {k: [round(x, 2) for x in v] for k, v in walls.items()}}
 
 
 def dask_pipelined(paths, model, copies: int, workers: int) -> dict[str, Any]:
@@ -188,9 +263,13 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
     repeat = args.repeat if name == "uncompressed" else 1
     dec_s, dec_cpu, mod_s, mod_cpu, one_s = [], [], [], [], []
     one_parts: list[tuple[float, float]] = []
-    vol = load_series(paths)
+    from fracture_qi.dicom import accel
+
+    with accel.using(accel.DecodeSettings(accel.resolve_decoder(DECODER)[0])):
+        vol = load_series(paths)
     r["decoder"] = vol.meta.get("decoder")
     model.screen(vol)  # warm-up (kernels, allocator)
+    r["model_profile"] = model_profile(model, vol)
     del vol
     res = None
     for _ in range(repeat):
@@ -204,7 +283,7 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
         mod_cpu.append(time.process_time() - c0)  # all torch threads together
         del vol
         t0 = time.perf_counter()
-        (o,) = list(screen_series([_job(paths, "one")], model, workers=0))
+        (o,) = list(screen_series([_job(paths, "one")], model, workers=0, decoder=DECODER))
         one_s.append(time.perf_counter() - t0)
         one_parts.append((round(o.decode_seconds, 3), round(o.screen_seconds, 3)))
 
@@ -229,12 +308,17 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
     r["ratio_one_series_best"] = round(r["screen_one_series_s"] / r["decode_only_s"], 2)
     copies = args.copies if name == "uncompressed" else max(2 * args.workers, 4)
     null_steady, steady, wall, outs = [], [], [], []
+    splits: dict[str, list] = {"decode_only": [], "screen": []}
     for _ in range(args.pipe_repeat if name == "uncompressed" else 1):
-        null_steady.append(pipelined(paths, NullModel(), copies, args.workers, 1)[1])
+        w0, s0, o0 = pipelined(paths, NullModel(), copies, args.workers, 1)
+        null_steady.append(s0)
+        splits["decode_only"].append(time_split(o0, w0, args.workers))
         w, s_, o = pipelined(paths, model, copies, args.workers, args.batch_size)
         wall.append(w)
         steady.append(s_)
+        splits["screen"].append(time_split(o, w, args.workers))
         outs += o
+    r["time_split"] = splits
     steady_null, steady_screen = min(null_steady), min(steady)
     r.update({
         "copies": copies, "workers": args.workers, "batch_size": args.batch_size,
@@ -248,6 +332,8 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
     })
     if args.dask_local and name == "uncompressed":
         r.update(dask_pipelined(paths, model, copies * 2, args.workers))
+    if name == "jpeg2000" and not args.skip_lone:
+        r["lone_series"] = lone_series(paths, model, args.workers)
     return r
 
 
@@ -282,7 +368,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="processes for writing/encoding the test series")
     ap.add_argument("--workdir", default="/tmp/fqi-screen-bench")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--decoder", default="cpu", choices=("auto", "cpu", "gpu"),
+                    help="where JPEG 2000 is decoded (dicom.accel); auto on a GPU machine")
+    ap.add_argument("--skip-lone", action="store_true",
+                    help="skip the lone-series timing (JPEG 2000, one process vs every core)")
     args = ap.parse_args(argv)
+    global DECODER
+    DECODER = args.decoder
 
     import torch
 
@@ -294,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__, "pydicom": pydicom.__version__,
         "model": f"{model.model_id} {model.model_version}", "workers": args.workers,
+        "decoder": args.decoder,
     }
     t0 = time.perf_counter()
     vol = make_volume(args.slices)
@@ -323,6 +416,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['pipelined_decode_only_s_per_series']} / "
               f"{r['pipelined_screen_s_per_series']} ({r['ratio_pipelined']}x) | "
               f"{r['studies_per_hour']} | {r['worker_peak_rss_mb']} |")
+    print("\nwhere the time goes (pipelined, median run): per series decode s (in a worker) / "
+          "model s (main process); model busy % of wall; decode workers busy %")
+    for r in rows:
+        for kind in ("decode_only", "screen"):
+            runs = r["time_split"][kind]
+            m = runs[len(runs) // 2]
+            print(f"  {r['syntax']:12s} {kind:11s} decode {m['decode_s_per_series']} s, model "
+                  f"{m['model_s_per_series']} s; model busy {m['model_busy_pct']} %, decode "
+                  f"workers busy {m['decode_workers_busy_pct']} % ({', '.join(m['decoders'])})")
+        if "lone_series" in r:
+            ls = r["lone_series"]
+            print(f"  {r['syntax']:12s} lone series (best of {ls['rounds']}): one decode "
+                  f"process {ls['one_process_wall_s']} s, every core ({ls['cores']}) "
+                  f"{ls['every_core_wall_s']} s; median ratio {ls['ratio_every_core']}x")
+        print(f"  {r['syntax']:12s} model.screen top functions (cumulative s): "
+              + "; ".join(f"{x['function']} {x['cumulative_s']}" for x in r["model_profile"][:6]))
     if "memory" in out:
         m = out["memory"]
         print(f"\n{m['slices']}-slice series: decode worker peak RSS {m['worker_peak_rss_mb']} MB, "

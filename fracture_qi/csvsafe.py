@@ -16,8 +16,9 @@ number in Excel. Every CSV the suite writes goes through :func:`frame_to_csv`,
 :func:`write_frame` or :class:`DictWriter` (``tests/test_csvsafe.py`` checks that no other
 ``to_csv``/``csv.writer`` is left in the package).
 
-Only the standard library and pandas are imported here, so every layer (screening,
-reporting, dashboards, synth) can use it.
+Only the standard library is imported here (pandas inside the functions that take a
+DataFrame), so every layer (screening, reporting, dashboards, synth) can use it, and a
+command that writes no DataFrame does not pay pandas' import (benchmarks/startup_speed.py).
 
 Examples
 --------
@@ -38,9 +39,10 @@ import csv
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: first characters that make a spreadsheet read a cell as a formula (OWASP CSV Injection)
 FORMULA_STARTS: tuple[str, ...] = ("=", "+", "-", "@", "\t", "\r")
@@ -91,6 +93,8 @@ def unescape_cell(value: Any) -> Any:
 
 
 def _text_like(s: pd.Series) -> bool:
+    import pandas as pd
+
     return (pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype)
             or isinstance(s.dtype, pd.CategoricalDtype))
 
@@ -100,9 +104,12 @@ def escape_frame(df: pd.DataFrame) -> pd.DataFrame:
 
     Examples
     --------
+    >>> import pandas as pd
     >>> escape_frame(pd.DataFrame({"=x": ["-1", "-a"], "v": [-1.0, 2.0]})).to_dict("list")
     {"'=x": ['-1', "'-a"], 'v': [-1.0, 2.0]}
     """
+    import pandas as pd
+
     out = df.copy()
     for i in range(out.shape[1]):
         col = out.iloc[:, i]

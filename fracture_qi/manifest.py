@@ -302,6 +302,9 @@ class ScreeningConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=0)
     timeout_s: float | None = Field(None, gt=0, description="per-series limit")
+    decoder: str | None = Field(
+        None, description="auto | cpu | gpu: where JPEG 2000/HTJ2K frames are decoded (auto: "
+        "the GPU where nvImageCodec decodes identically, else the CPU)")
     max_slice_mm: float = Field(
         3.0, gt=0, le=10,
         description="coarsest slice spacing (mm) screened; thicker series are SLICE_TOO_THICK",
@@ -312,6 +315,13 @@ class ScreeningConfig(_Strict):
     def _device(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("decoder")
+    @classmethod
+    def _decoder(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("auto", "cpu", "gpu"):
+            raise ValueError("must be auto, cpu or gpu")
         return v
 
 

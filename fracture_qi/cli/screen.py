@@ -31,6 +31,7 @@ EPILOG = """\
 examples:
   fracture-qi screen --manifest demo/data_manifest.yaml
   fracture-qi screen --manifest site.yaml --device cuda --workers 15 --batch-size 8
+  fracture-qi screen --manifest site.yaml --decoder gpu  # JPEG 2000 on the GPU (nvImageCodec)
   fracture-qi screen --manifest site.yaml --dask tcp://10.0.0.5:8786
   fracture-qi screen /media/export --out /tmp/r          # no database
   fracture-qi screen scan1/ scan2/ --out /tmp/r --model site.onnx --model-sha256 <hex>
@@ -69,6 +70,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output folder for PATH mode")
     p.add_argument("--device", default=None, metavar="D",
                    help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--decoder", choices=("auto", "cpu", "gpu"), default=None,
+                   help="where JPEG 2000/HTJ2K frames are decoded: auto (default: the GPU "
+                   "where nvImageCodec is installed and decodes identically, else the CPU), "
+                   "cpu, or gpu (falls back to the CPU with a warning saying why); default "
+                   "from the manifest's screening.decoder or FRACTURE_QI_DECODER")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="decode processes (default: CPU cores - 1; 0 decodes in this process)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
             manifest, engine, device=args.device, workers=args.workers,
             batch_size=args.batch_size, flag_grade=args.flag_grade, limit=args.limit,
             dask=args.dask, progress=progress, timeout_s=args.timeout_s,
+            decoder=args.decoder,
         )
         for line in summary.lines():
             print(line)
@@ -178,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model or args.model_sha256:
         import dataclasses
 
-        from fracture_qi.screening.models import load_model, resolve_spec
+        from fracture_qi.screening.models import resolve_spec
 
         spec = resolve_spec(args.model or "reference")
         if spec.kind == "vendor":
@@ -187,17 +194,20 @@ def run(args: argparse.Namespace) -> int:
                               "model: {kind: vendor, path, sha256, id, version}")
         if args.model_sha256:
             spec = dataclasses.replace(spec, sha256=args.model_sha256.lower())
-        model = load_model(spec, device=args.device or "auto", flag_grade=args.flag_grade or 2,
-                           max_slice_mm=getattr(args, "max_slice_mm", None))
+        model = spec  # checked by screen_paths at once, built when there is a series to screen
     summary = screen_paths(
         [Path(p) for p in args.paths], args.out, model=model, device=args.device or "auto",
         workers=args.workers, batch_size=args.batch_size or 1, flag_grade=args.flag_grade or 2,
         limit=args.limit, dask=args.dask, progress=progress, all_series=args.all_series,
         ignore_age=args.ignore_age, timeout_s=args.timeout_s,
-        max_slice_mm=getattr(args, "max_slice_mm", None),
+        max_slice_mm=getattr(args, "max_slice_mm", None), decoder=args.decoder,
     )
-    for line in summary.lines():
-        print(line)
+    if summary.n_planned == 0:
+        print("nothing to screen: no eligible series in " + ", ".join(args.paths)
+              + " (each file's reason is in studies.csv)")
+    else:
+        for line in summary.lines():
+            print(line)
     out = Path(summary.out_dir or args.out)
     print(f"results: {out / 'studies.csv'}, {out / 'vertebrae.csv'}")
     print(f"key images: {summary.keyimage_dir}")

@@ -21,7 +21,9 @@ What it checks, each failure with a stable :class:`~fracture_qi.dicom.reasons.Re
 
 Files are parsed by :mod:`fracture_qi.dicom.fastread` (only the elements used here; about
 ten times quicker than ``pydicom.dcmread`` on vendor headers), falling back to ``dcmread``
-for anything unusual; pixels are decoded by :mod:`fracture_qi.dicom.codecs`.
+for anything unusual; pixels are decoded by :mod:`fracture_qi.dicom.pixelstack` with the
+decoders of :mod:`fracture_qi.dicom.codecs`, on the GPU or several cores where
+:mod:`fracture_qi.dicom.accel`'s settings allow.
 
 ``strict=True`` (tests, validation runs) turns every coercion into an error; the default
 lenient mode applies it and logs a warning, and lists it in ``CTVolume.meta["coercions"]``.
@@ -49,6 +51,7 @@ from pydicom.errors import InvalidDicomError
 
 from fracture_qi.dicom import codecs, fastread
 from fracture_qi.dicom.geometry import CTVolume
+from fracture_qi.dicom.pixelstack import decode_stack
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import DicomError, VolumeError
 
@@ -545,35 +548,6 @@ def _folder(slices: Sequence[_Slice]) -> str:
         return os.path.dirname(slices[0].path)
 
 
-# --------------------------------------------------------------------------------------------
-# pixels
-
-
-def _to_hu(stored: np.ndarray, slope: float, intercept: float, out: np.ndarray,
-           bits_stored: int = 0) -> None:
-    """Write stored values x slope + intercept into *out* (int16), clipped, without floats
-    when the rescale is integral (the usual CT case: slope 1, intercept -1024)."""
-    if slope == 1.0 and intercept == int(intercept) and stored.dtype.itemsize == 2:
-        # BitsStored bounds the values: when value + intercept cannot leave int16, two
-        # in-place int16 passes replace the int32 round trip (3x quicker)
-        bits = bits_stored or 16
-        signed = stored.dtype.kind == "i"
-        lo, hi = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed
-                  else (0, (1 << bits) - 1))
-        ic = int(intercept)
-        if lo + ic >= -32768 and hi + ic <= 32767 and (signed or hi <= 32767):
-            out[...] = stored
-            out += np.int16(ic)
-            return
-    if slope == 1.0 and intercept == int(intercept):
-        tmp = stored.astype(np.int32)
-        tmp += int(intercept)
-    else:
-        tmp = np.rint(stored.astype(np.float32) * np.float32(slope) + np.float32(intercept))
-    np.clip(tmp, -32768, 32767, out=tmp)
-    out[...] = tmp
-
-
 def load_series(
     sources: Iterable[Source],
     *,
@@ -604,7 +578,8 @@ def load_series(
         ``int16`` HU in canonical ``(z, y, x)`` orientation (inferior->superior,
         anterior->posterior, right->left). ``meta`` holds ``manufacturer``,
         ``manufacturer_model``, ``kernel``, ``slice_thickness``, ``transfer_syntax``,
-        ``transfer_syntax_name``, ``decoder``, ``source``, ``n_files``, ``n_slices``,
+        ``transfer_syntax_name``, ``decoder``, ``decode_processes``, ``source``, ``n_files``,
+        ``n_slices``,
         ``modality``, ``obliquity_deg``, ``decode_seconds``, ``dropped`` (path, reason,
         detail per file) and ``coercions``.
 
@@ -643,31 +618,9 @@ def load_series(
     first = slices[0]
     rows, cols = first.rows, first.cols
     n = len(slices)
-    # Fill a (k, i, j) stack; k already runs along +normal (sorted by distance).
-    stack = np.empty((n, rows, cols), dtype=np.int16)
-    decoders: set[str] = set()
-    cache: dict[int, np.ndarray] = {}  # id(ds) -> decoded frames, for multi-frame files
-    for k, s in enumerate(slices):
-        try:
-            if s.n_frames == 1:
-                frames, plugin = codecs.decode_frames(s.ds, s.transfer_syntax, 1)
-                img = frames[0]
-            else:
-                key = id(s.ds)
-                if key not in cache:
-                    cache[key], plugin = codecs.decode_frames(s.ds, s.transfer_syntax,
-                                                              s.n_frames)
-                else:
-                    plugin = codecs.choose_plugin(s.transfer_syntax)
-                img = cache[key][s.frame]
-        except DicomError as e:
-            e.path = e.path or s.path
-            e.args = (f"{s.path}: [{e.reason}] {e.detail}",)
-            raise
-        decoders.add(plugin)
-        bits = int(_q(s.ds, "BitsStored", 0) or 0)
-        _to_hu(img, s.slope, s.intercept, stack[k], bits)
-    cache.clear()
+    # Fill a (k, i, j) stack; k already runs along +normal (sorted by distance). Where the
+    # frames are decoded (GPU, helper processes, here) is dicom.accel's setting.
+    stack, decoders, processes = decode_stack(slices, rows, cols)
     positions = [sl.position for sl in slices]
     interpolated: list[float] = []
     for b in reversed(geo["interpolate_after"]):
@@ -718,6 +671,7 @@ def load_series(
         "transfer_syntax": first.transfer_syntax,
         "transfer_syntax_name": codecs.syntax_name(first.transfer_syntax),
         "decoder": ",".join(sorted(decoders)),
+        "decode_processes": processes,
         "source": _folder(slices),
         "n_files": n_files,
         "n_slices": n,

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from fracture_qi.dicom import accel
 from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import DicomError, FractureQIError
@@ -99,14 +100,18 @@ def peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 1)
 
 
-def decode(job: SeriesJob, loader: Loader, to_shm: bool) -> DecodedVolume | DecodeFailure:
+def decode(job: SeriesJob, loader: Loader, to_shm: bool,
+           settings: accel.DecodeSettings | None = None) -> DecodedVolume | DecodeFailure:
     """Load one series; park the volume in shared memory when *to_shm* (in a worker).
 
-    Never raises for a bad series: the failure comes back with its reason code.
+    *settings* say where its frames may be decoded (the GPU, several processes; see
+    :mod:`fracture_qi.dicom.accel`); ``None`` keeps this process's. Never raises for a bad
+    series: the failure comes back with its reason code.
     """
     t0 = time.perf_counter()
     try:
-        vol = loader(job)
+        with accel.using(settings):
+            vol = loader(job)
     except DicomError as e:
         return DecodeFailure(str(e.reason), e.detail, time.perf_counter() - t0, peak_rss_mb())
     except FractureQIError as e:  # e.g. FetchError (FETCH_FAILED) from a PACS loader
@@ -204,7 +209,8 @@ def _exit_with_parent() -> None:
 
 
 def worker_main(conn: Any) -> None:
-    """Body of a decode worker: say ready, then decode each ``(job, loader)`` received.
+    """Body of a decode worker: say ready, then decode each ``(job, loader, settings)``
+    received (:class:`~fracture_qi.dicom.accel.DecodeSettings`: GPU or CPU, processes).
 
     Messages to the parent: ``("ready", pid)`` once, then ``("done", result)`` per job, where
     result is a :class:`DecodedVolume` or a :class:`DecodeFailure`. ``None`` received, or
@@ -216,8 +222,9 @@ def worker_main(conn: Any) -> None:
     # Ctrl-C reaches the whole process group: the main process handles it and stops the
     # pool; a worker printing its own KeyboardInterrupt traceback would only add noise
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Decoding is single-threaded per worker by design (parallel per series); keep BLAS and
-    # friends from oversubscribing the cores the main process needs for the model.
+    # Decoding is one process per series unless the engine gives a series more (forked
+    # helpers, dicom.accel); keep BLAS and friends from oversubscribing the cores the main
+    # process needs for the model.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     threading.Thread(target=_exit_with_parent, name="fqi-parent-watch", daemon=True).start()
@@ -236,8 +243,8 @@ def worker_main(conn: Any) -> None:
             continue
         if msg is None:
             return
-        job, loader = msg
-        result = decode(job, loader, to_shm=True)
+        job, loader, *rest = msg
+        result = decode(job, loader, to_shm=True, settings=rest[0] if rest else None)
         try:
             conn.send(("done", result))
         except Exception as e:  # noqa: BLE001 - a result that cannot be pickled

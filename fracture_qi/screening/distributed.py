@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from fracture_qi._optional import import_optional
+from fracture_qi.dicom.accel import DecodeSettings, resolve_decoder
 from fracture_qi.dicom.geometry import CTVolume
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ScreeningError
@@ -51,8 +52,12 @@ def screen_one(
     job: SeriesJob,
     spec: ModelSpec,
     loader: Callable[[SeriesJob], CTVolume] = load_job,
+    decoder: str | None = None,
 ) -> SeriesOutcome:
     """Load and screen one series (a Dask task; also callable directly).
+
+    *decoder* (``auto``, ``cpu``, ``gpu``) is resolved on the worker, against its own GPU
+    (once per worker process: the reason is in the worker's log).
 
     Returns
     -------
@@ -65,7 +70,8 @@ def screen_one(
         res = model.result_for(job.study_instance_uid, job.series_instance_uid)
         res.seconds = round(time.perf_counter() - t0, 4)
         return SeriesOutcome(job, res, decode_seconds=0.0, screen_seconds=res.seconds)
-    d = decode(job, loader, to_shm=False)
+    choice, _ = resolve_decoder(decoder)
+    d = decode(job, loader, to_shm=False, settings=DecodeSettings(decoder=choice))
     if isinstance(d, DecodeFailure):
         return d.outcome(job)
     ready = attach(job, d)
@@ -75,7 +81,8 @@ def screen_one(
         ready.release()
     res.seconds = round(d.seconds + secs, 4)
     return SeriesOutcome(job, res, decode_seconds=d.seconds, screen_seconds=secs,
-                         worker_peak_rss_mb=d.peak_rss_mb, n_slices=d.shape[0])
+                         worker_peak_rss_mb=d.peak_rss_mb, n_slices=d.shape[0],
+                         decoder=d.meta.get("decoder") or None)
 
 
 def screen_with_dask(
@@ -87,6 +94,7 @@ def screen_with_dask(
     progress: bool = False,
     loader: Callable[[SeriesJob], CTVolume] = load_job,
     connect_timeout_s: float = 30.0,
+    decoder: str | None = None,
 ) -> Iterator[SeriesOutcome]:
     """Screen *jobs* on a Dask cluster, yielding outcomes as tasks complete.
 
@@ -107,6 +115,8 @@ def screen_with_dask(
         Show a tqdm progress bar.
     loader
         How a worker turns a job into a volume (must be importable on the workers).
+    decoder
+        ``auto``, ``cpu`` or ``gpu``, resolved by each worker on its own machine.
 
     Yields
     ------
@@ -150,7 +160,8 @@ def screen_with_dask(
     try:
         n_workers = len(client.scheduler_info().get("workers", {}))
         log.info("dask: %d series on %s (%d workers)", len(jobs), address, n_workers)
-        futures = client.map(screen_one, list(jobs), spec=spec, loader=loader, pure=False)
+        futures = client.map(screen_one, list(jobs), spec=spec, loader=loader,
+                             decoder=decoder, pure=False)
         job_of = {f.key: j for f, j in zip(futures, jobs)}
         for fut in distributed.as_completed(futures):
             job = job_of[fut.key]

@@ -38,6 +38,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+from fracture_qi.dicom.accel import DecodeSettings, normalise_decoder, resolve_decoder
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ScreeningError
 from fracture_qi.screening.batch import checked, screen_batch
@@ -75,6 +76,7 @@ def screen_series(
     progress: bool = False,
     loader: Loader = load_job,
     timeout_s: float | None = None,
+    decoder: str | None = None,
 ) -> Iterator[SeriesOutcome]:
     """Screen series, yielding one :class:`SeriesOutcome` per job as each finishes.
 
@@ -104,15 +106,20 @@ def screen_series(
         series over it is recorded as ``TIMEOUT`` and its worker is killed and replaced;
         the other series go on. Not enforced with ``workers=0`` (nothing can stop this
         process's own decode; a warning says so).
+    decoder
+        ``"auto"`` (default: ``FRACTURE_QI_DECODER``, else the GPU where nvImageCodec
+        decodes identically), ``"cpu"`` or ``"gpu"``; see :mod:`fracture_qi.dicom.accel`.
 
     Yields
     ------
     SeriesOutcome
         In completion order; every job yields exactly one outcome.
     """
+    job_list = list(jobs)
+    if not job_list:  # nothing to decode: start no worker process
+        return
     from tqdm.auto import tqdm
 
-    job_list = list(jobs)
     workers = default_workers() if workers is None else max(0, int(workers))
     batch_size = max(1, int(batch_size))
     prefetch = batch_size if prefetch is None else max(1, int(prefetch))
@@ -130,14 +137,16 @@ def screen_series(
                 bar.update(1)
                 yield SeriesOutcome(job, res, decode_seconds=0.0, screen_seconds=dt)
             return
+        choice, _ = resolve_decoder(decoder)
+        settings = DecodeSettings(decoder=choice)
         if workers == 0:
             if timeout_s:
                 log.warning("timeout_s=%s is not enforced when decoding in this process "
                             "(workers=0); use workers >= 1 to enforce it", timeout_s)
-            source: Iterator[Any] = inline_volumes(job_list, loader, batch_size)
+            source: Iterator[Any] = inline_volumes(job_list, loader, batch_size, settings)
         else:
             source = pooled_volumes(job_list, loader, workers, prefetch, batch_size,
-                                    timeout_s=timeout_s)
+                                    timeout_s=timeout_s, decode_settings=settings)
             stack.enter_context(_model_threads(model, workers))
         for item in source:
             if isinstance(item, SeriesOutcome):  # a decode failure
@@ -157,6 +166,7 @@ def screen_series(
                     r.job, res, decode_seconds=r.decoded.seconds, screen_seconds=secs,
                     worker_peak_rss_mb=r.decoded.peak_rss_mb,
                     n_slices=r.decoded.shape[0] if r.decoded.shape else None,
+                    decoder=r.decoded.meta.get("decoder") or None,
                 )
     finally:
         stack.close()
@@ -205,6 +215,7 @@ def run_screening(
     jobs: Sequence[SeriesJob] | None = None,
     loader: Loader = load_job,
     timeout_s: float | None = None,
+    decoder: str | None = None,
 ) -> RunSummary:
     """Screen the manifest's eligible, not yet screened series into its database.
 
@@ -236,6 +247,9 @@ def run_screening(
     timeout_s
         Per-series decode limit (default: the manifest's ``screening.timeout_s``; None: no
         limit); see :func:`screen_series`.
+    decoder
+        ``auto``, ``cpu`` or ``gpu`` (default: the manifest's ``screening.decoder``, then
+        ``FRACTURE_QI_DECODER``, then ``auto``); see :mod:`fracture_qi.dicom.accel`.
 
     Returns
     -------
@@ -262,6 +276,7 @@ def run_screening(
     workers = pick(workers, settings, "workers", None)
     batch_size = int(pick(batch_size, settings, "batch_size", 1) or 1)
     timeout_s = pick(timeout_s, settings, "timeout_s", None)
+    decoder = normalise_decoder(pick(decoder, settings, "decoder", None))
     if model is None:
         model = load_model(
             getattr(manifest, "model", None), base=base,
@@ -289,11 +304,12 @@ def run_screening(
                          keyimage_dir=str(keyimages))
     params = {
         "workers": workers, "batch_size": batch_size, "limit": limit, "dask": dask,
-        "timeout_s": timeout_s,
+        "timeout_s": timeout_s, "decoder": decoder,
         "flag_grade": getattr(model, "flag_grade", flag_grade),
         "low_density_hu": getattr(model, "low_density_hu", settings.get("low_density_hu")),
         "n_planned": len(jobs), "model_kind": model_kind(model),
     }
+    decoder = _resolved(summary, decoder, dask, jobs, model)
     summary.interrupted_runs = mark_interrupted_runs(engine)
     run_id = start_run(engine, model, device=summary.device, params=params,
                        host=host_name(), code_version=code_version())
@@ -307,7 +323,7 @@ def run_screening(
         with Heartbeat(engine, run_id):
             for outcome in _outcomes(jobs, model, workers=workers, batch_size=batch_size,
                                      dask=dask, progress=progress, loader=loader,
-                                     timeout_s=timeout_s):
+                                     timeout_s=timeout_s, decoder=decoder):
                 if sink.write(outcome):
                     summary.count(outcome)
                 else:
@@ -322,6 +338,19 @@ def run_screening(
     return summary
 
 
+def _resolved(summary: RunSummary, decoder: str, dask: str | None,
+              jobs: Sequence[SeriesJob], model: Any) -> str:
+    """The decoder choice the run's workers are told: resolved here (``gpu`` or ``cpu``,
+    probed once, the reason kept in *summary*) for local workers; as asked on a Dask
+    cluster, whose workers (other machines) each resolve it on their own GPU."""
+    summary.decoder_requested = decoder
+    if dask or not jobs or not getattr(model, "needs_pixels", True):
+        summary.decoder_choice = decoder
+        return decoder
+    summary.decoder_choice, summary.decoder_reason = resolve_decoder(decoder)
+    return summary.decoder_choice
+
+
 def _outcomes(
     jobs: Sequence[SeriesJob],
     model: Any,
@@ -332,6 +361,7 @@ def _outcomes(
     progress: bool,
     loader: Loader,
     timeout_s: float | None = None,
+    decoder: str | None = None,
 ) -> Iterator[SeriesOutcome]:
     if dask:
         if timeout_s:
@@ -340,9 +370,10 @@ def _outcomes(
         from fracture_qi.screening.distributed import screen_with_dask
 
         return screen_with_dask(jobs, model, address=dask, workers=workers, progress=progress,
-                                loader=loader)
+                                loader=loader, decoder=decoder)
     return screen_series(jobs, model, workers=workers, batch_size=batch_size,
-                         progress=progress, loader=loader, timeout_s=timeout_s)
+                         progress=progress, loader=loader, timeout_s=timeout_s,
+                         decoder=decoder)
 
 
 def screen_paths(
@@ -361,6 +392,7 @@ def screen_paths(
     ignore_age: bool = False,
     timeout_s: float | None = None,
     max_slice_mm: float | None = None,
+    decoder: str | None = None,
 ) -> RunSummary:
     """Screen DICOM files/folders directly (no database) into ``out_dir``.
 
@@ -388,6 +420,8 @@ def screen_paths(
     max_slice_mm
         Coarsest slice spacing screened (default 3 mm): thicker series are excluded with
         ``SLICE_TOO_THICK``, and a reference screener built here gets the same limit.
+    decoder
+        ``auto`` (default, or ``FRACTURE_QI_DECODER``), ``cpu`` or ``gpu``.
 
     Returns
     -------
@@ -399,9 +433,10 @@ def screen_paths(
         When no path exists (nothing at all to read).
     """
     from fracture_qi.dicom.scan import MAX_SLICE_MM, scan_paths
-    from fracture_qi.screening.models import load_model
+    from fracture_qi.screening.models import ModelSpec, load_model, resolve_spec, verify_sha256
     from fracture_qi.screening.results import CsvSink
 
+    decoder = normalise_decoder(decoder)
     missing = [str(p) for p in paths if not Path(p).exists()]
     if missing and len(missing) == len(paths):
         raise ScreeningError(
@@ -410,16 +445,26 @@ def screen_paths(
         )
     for m in missing:
         log.warning("%s does not exist; skipped", m)
-    if model is None or isinstance(model, (str, Path, dict)):
-        model = load_model(model, device=device, flag_grade=flag_grade, max_slice_mm=max_slice_mm)
+    spec: ModelSpec | None = None
+    if model is None or isinstance(model, (str, Path, dict, ModelSpec)):
+        # checked now (kind, file, checksum: no torch), built once there is a series to screen:
+        # a folder with nothing eligible is answered without importing the model's framework
+        spec = resolve_spec(model, device=device, flag_grade=flag_grade)
+        if spec.path and spec.kind != "vendor":
+            verify_sha256(spec.path, spec.sha256)
     slice_limit = MAX_SLICE_MM if max_slice_mm is None else float(max_slice_mm)
     scan_workers = max(1, workers if workers is not None else default_workers())
     scan = scan_paths([p for p in paths if Path(p).exists()], workers=scan_workers,
                       progress=progress, ignore_age=ignore_age, max_slice_mm=slice_limit)
     sink = CsvSink(out_dir)
-    summary = RunSummary(model_id=model.model_id, model_version=model.model_version,
-                         device=model_device(model), out_dir=str(Path(out_dir).resolve()),
+    summary = RunSummary(out_dir=str(Path(out_dir).resolve()),
                          keyimage_dir=str(sink.keyimage_dir))
+    if spec is not None:
+        summary.model_id = spec.model_id or spec.kind
+        summary.model_version = spec.model_version or ""
+    else:
+        summary.model_id, summary.model_version = model.model_id, model.model_version
+        summary.device = model_device(model)
     jobs: list[SeriesJob] = []
     try:
         for problem in scan.problems:
@@ -443,11 +488,17 @@ def screen_paths(
                 log.info("series %s not screened (--limit)", job.key)
             jobs = jobs[: max(0, int(limit))]
         summary.n_planned = len(jobs)
+        if jobs and spec is not None:
+            model = load_model(spec, device=device, flag_grade=flag_grade,
+                               max_slice_mm=max_slice_mm)
+            summary.model_id, summary.model_version = model.model_id, model.model_version
+            summary.device = model_device(model)
+        decoder = _resolved(summary, decoder, dask, jobs, model)
         t0 = time.perf_counter()
         try:
             for outcome in _outcomes(jobs, model, workers=workers, batch_size=batch_size,
                                      dask=dask, progress=progress, loader=load_job,
-                                     timeout_s=timeout_s):
+                                     timeout_s=timeout_s, decoder=decoder):
                 sink.write(outcome, model)
                 summary.count(outcome)
         finally:

@@ -48,6 +48,8 @@ class SeriesOutcome:
     screen_seconds: float | None = None
     worker_peak_rss_mb: float | None = None
     n_slices: int | None = None
+    #: what decoded its pixels (``numpy``, ``gdcm``, ``nvimgcodec``...), where it was decoded
+    decoder: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -97,6 +99,12 @@ class RunSummary:
     max_worker_rss_mb: float | None = None
     #: earlier runs found dead (left ``running``) and marked ``interrupted`` when this one began
     interrupted_runs: list[int] = field(default_factory=list)
+    #: series per decoder (``nvimgcodec`` is the GPU), as the outcomes report them
+    decoders: dict[str, int] = field(default_factory=dict)
+    #: the run's decoder choice as asked (``auto``/``cpu``/``gpu``), as resolved, and why
+    decoder_requested: str | None = None
+    decoder_choice: str | None = None
+    decoder_reason: str | None = None
 
     @property
     def studies_per_hour(self) -> float | None:
@@ -114,6 +122,8 @@ class RunSummary:
             self.reasons[reason] = self.reasons.get(reason, 0) + 1
         if outcome.worker_peak_rss_mb is not None:
             self.max_worker_rss_mb = max(self.max_worker_rss_mb or 0.0, outcome.worker_peak_rss_mb)
+        if outcome.decoder:
+            self.decoders[outcome.decoder] = self.decoders.get(outcome.decoder, 0) + 1
 
     def lines(self) -> list[str]:
         """Human summary for the command line."""
@@ -125,6 +135,11 @@ class RunSummary:
         ]
         for reason, n in sorted(self.reasons.items()):
             out.append(f"  {reason}: {n}")
+        if self.decoders:
+            used = ", ".join(f"{name} {n}" for name, n in sorted(self.decoders.items()))
+            out.append(f"  decoded with: {used}")
+        if self.decoder_requested == "gpu" and self.decoder_choice == "cpu":
+            out.append(f"  decoder gpu was asked for; decoded on the CPU: {self.decoder_reason}")
         if self.interrupted_runs:
             ids = ", ".join(str(i) for i in self.interrupted_runs)
             out.append(f"  earlier run(s) {ids} had stopped without finishing (killed?): now "

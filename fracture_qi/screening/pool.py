@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_any
 from typing import Any
 
+from fracture_qi.dicom.accel import DecodeSettings, max_decode_processes
 from fracture_qi.dicom.reasons import ReasonCode
 from fracture_qi.errors import ScreeningError
 from fracture_qi.screening.decode import (
@@ -57,6 +58,32 @@ CLOSE_WAIT_S = 10.0
 def default_workers() -> int:
     """Decode workers by default: one per core but one (the model's), at least 1, at most 16."""
     return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def decode_processes(cores: int, workers: int, series_waiting: int) -> int:
+    """Processes one series may decode with: the cores shared among the series that are
+    being decoded or wait for a worker (issue 20: "every core a study can use when fewer
+    studies than cores are waiting").
+
+    Examples
+    --------
+    >>> decode_processes(16, 15, 1)    # one study alone on a 16-core machine
+    16
+    >>> decode_processes(16, 15, 200)  # a backlog: one process a series, as before
+    1
+    >>> decode_processes(2, 2, 1)
+    2
+    """
+    sharing = max(1, min(int(workers), int(series_waiting)))
+    return max(1, min(max_decode_processes(), int(cores) // sharing))
 
 
 @dataclass
@@ -126,10 +153,12 @@ class DecodePool:
         pool.close()
     """
 
-    def __init__(self, workers: int, loader: Loader) -> None:
+    def __init__(self, workers: int, loader: Loader,
+                 decode: DecodeSettings | None = None) -> None:
         # never fork a process that may hold a CUDA context
         self._ctx = mp.get_context("spawn")
         self.loader = loader
+        self.decode = decode or DecodeSettings(decoder="cpu")
         self._workers = [_Worker(self._ctx) for _ in range(max(1, int(workers)))]
         self._early_deaths = 0
         self._decoded_any = False
@@ -152,12 +181,15 @@ class DecodePool:
         return [w.process.pid for w in self._workers if w.process.pid is not None]
 
     # --- work ----------------------------------------------------------------------------
-    def submit(self, job: SeriesJob) -> None:
-        """Give *job* to an idle worker (call only when :meth:`idle` is above 0)."""
+    def submit(self, job: SeriesJob, processes: int = 1) -> None:
+        """Give *job* to an idle worker (call only when :meth:`idle` is above 0), to be
+        decoded with up to *processes* processes."""
         w = next(w for w in self._workers if w.ready and w.job is None)
         w.job, w.started = job, time.monotonic()
+        settings = DecodeSettings(self.decode.decoder, max(1, int(processes)),
+                                  self.decode.gpu_device)
         try:
-            w.conn.send((job, self.loader))
+            w.conn.send((job, self.loader, settings))
         except (OSError, BrokenPipeError):
             pass  # the worker just died: poll() reports it with this job
 
@@ -248,12 +280,25 @@ class DecodePool:
 # volume streams for the engine
 # --------------------------------------------------------------------------------------------
 def inline_volumes(
-    jobs: list[SeriesJob], loader: Loader, batch_size: int
+    jobs: list[SeriesJob], loader: Loader, batch_size: int,
+    decode_settings: DecodeSettings | None = None,
 ) -> Iterator[SeriesOutcome | list[ReadyVolume]]:
-    """Decode in this process, one series at a time; yield failures and batches."""
+    """Decode in this process, one series at a time; yield failures and batches.
+
+    One series decodes at a time and the model waits for it, so a compressed series may use
+    every core (forked helpers: they only decode and write into shared memory, then leave
+    without running any cleanup, so this process's CUDA context, threads and database
+    connections are never touched in them); the GPU where *decode_settings* say. This is how
+    the listener (``fracture-qi listen``) screens each study as it arrives.
+    """
     batch: list[ReadyVolume] = []
+    settings = None
+    if decode_settings is not None:
+        settings = DecodeSettings(decode_settings.decoder,
+                                  decode_processes(usable_cores(), 1, 1),
+                                  decode_settings.gpu_device)
     for job in jobs:
-        d = decode(job, loader, to_shm=False)
+        d = decode(job, loader, to_shm=False, settings=settings)
         if isinstance(d, DecodeFailure):
             yield d.outcome(job)
             continue
@@ -281,6 +326,7 @@ def pooled_volumes(
     batch_size: int,
     *,
     timeout_s: float | None = None,
+    decode_settings: DecodeSettings | None = None,
 ) -> Iterator[SeriesOutcome | list[ReadyVolume]]:
     """Decode in a :class:`DecodePool`; yield failures (outcomes) and batches of volumes.
 
@@ -288,17 +334,21 @@ def pooled_volumes(
     the model as soon as the model is free, so the device never waits for a full batch. At
     most ``workers + prefetch`` volumes exist at once (being decoded or waiting). A dead
     worker's series is decoded again once, then reported as ``WORKER_DIED``; a series over
-    *timeout_s* as ``TIMEOUT``.
+    *timeout_s* as ``TIMEOUT``. A series is given the cores no other waiting series needs
+    (:func:`decode_processes`): a lone study on a 16-core machine decodes on all of them.
     """
-    pool = DecodePool(workers, loader)
+    pool = DecodePool(workers, loader, decode_settings)
     queue: deque[SeriesJob] = deque(jobs)
     ready: list[ReadyVolume] = []
     deaths: dict[int | str, int] = {}
     max_inflight = workers + prefetch
+    cores = usable_cores()
     try:
         while queue or pool.busy() or ready:
             while queue and pool.idle() and pool.busy() + len(ready) < max_inflight:
-                pool.submit(queue.popleft())
+                job = queue.popleft()
+                pool.submit(job, decode_processes(cores, workers,
+                                                  pool.busy() + 1 + len(queue)))
             waiting = pool.busy() > 0 or (bool(queue) and pool.idle() == 0
                                           and pool.busy() + len(ready) < max_inflight)
             if waiting:
@@ -354,7 +404,9 @@ __all__ = [
     "DecodePool",
     "Decoded",
     "WorkerDied",
+    "decode_processes",
     "default_workers",
     "inline_volumes",
     "pooled_volumes",
+    "usable_cores",
 ]

@@ -24,24 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from fracture_qi.csvsafe import DictWriter
 from fracture_qi.dicom.reasons import EXCLUSIONS, ReasonCode
 from fracture_qi.errors import StoreError
-from fracture_qi.screening.counting import resolve_model
 from fracture_qi.screening.types import SeriesResult
-from fracture_qi.store.db import session_scope
-from fracture_qi.store.schema import (
-    IndexProblem,
-    Screening,
-    ScreeningRun,
-    Series,
-    Study,
-    VertebraFinding,
-    utcnow,
-)
+
+# SQLAlchemy and the schema are imported by the database functions below, not here: folder
+# mode (CsvSink) never touches a database, and `fracture-qi screen PATH` starts faster
+# without them (benchmarks/startup_speed.py)
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +176,9 @@ def start_run(
     code_version: str,
 ) -> int:
     """Insert the ScreeningRun row of this invocation (with this process's id); return its id."""
+    from fracture_qi.store.db import session_scope
+    from fracture_qi.store.schema import ScreeningRun, utcnow
+
     with session_scope(engine) as s:
         run = ScreeningRun(
             model_id=str(model.model_id)[:100], model_version=str(model.model_version)[:50],
@@ -199,6 +193,9 @@ def start_run(
 
 def finish_run(engine: Any, run_id: int, *, status: str) -> None:
     """Stamp the run's end and status (``finished``, ``interrupted`` or ``failed``)."""
+    from fracture_qi.store.db import session_scope
+    from fracture_qi.store.schema import ScreeningRun, utcnow
+
     try:
         with session_scope(engine) as s:
             run = s.get(ScreeningRun, run_id)
@@ -225,6 +222,11 @@ class DatabaseSink:
         self.keyimage_dir = Path(keyimage_dir)
 
     def _exists(self, series_id: int) -> bool:
+        from sqlalchemy import func, select
+
+        from fracture_qi.store.db import session_scope
+        from fracture_qi.store.schema import Screening
+
         with session_scope(self.engine) as s:
             n = s.scalar(select(func.count(Screening.id)).where(
                 Screening.series_id == series_id, Screening.model_id == self.model_id,
@@ -239,6 +241,11 @@ class DatabaseSink:
         StoreError
             When the job has no ``series_id`` or the database refuses the row otherwise.
         """
+        from sqlalchemy.exc import IntegrityError
+
+        from fracture_qi.store.db import session_scope
+        from fracture_qi.store.schema import Screening, ScreeningRun, VertebraFinding, utcnow
+
         job = outcome.job
         res: SeriesResult = outcome.result
         if job.series_id is None:
@@ -443,6 +450,12 @@ def export_results(
     -------
     ExportSummary
     """
+    from sqlalchemy import select
+
+    from fracture_qi.screening.counting import resolve_model
+    from fracture_qi.store.db import session_scope
+    from fracture_qi.store.schema import IndexProblem, Screening, Series, Study
+
     if not (model_id and model_version):
         ref = resolve_model(engine, model_id or None)
         if ref is not None:

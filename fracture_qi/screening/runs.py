@@ -19,8 +19,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
-
 from fracture_qi.integrity import code_label
 from fracture_qi.screening.jobs import SeriesJob
 
@@ -152,6 +150,8 @@ def mark_interrupted_runs(engine: Any, *, now: dt.datetime | None = None) -> lis
     another host when its heartbeat (or start) is older than :data:`STALE_AFTER_S`. Its
     ``finished_at`` becomes its last sign of life.
     """
+    from sqlalchemy import select
+
     from fracture_qi.store.db import session_scope
     from fracture_qi.store.schema import ScreeningRun
 
@@ -193,6 +193,8 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Stamp the heartbeat now."""
+        from sqlalchemy import update
+
         from fracture_qi.store.db import session_scope
         from fracture_qi.store.schema import ScreeningRun, utcnow
 
