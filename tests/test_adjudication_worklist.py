@@ -158,3 +158,82 @@ def test_worklist_cli(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("FRACTURE_QI_MANIFEST", raising=False)
     assert main(["worklist"]) == 2
     assert "no manifest given" in capsys.readouterr().err
+
+
+def _supersede(engine, screening_id: int, *, flagged: bool) -> int:
+    """A screening of the completed series that supersedes *screening_id* (as the engine
+    writes it when the series gained instances); returns its id."""
+    from fracture_qi.store.schema import Screening
+
+    with session_scope(engine) as s:
+        old = s.get(Screening, screening_id)
+        new = Screening(run_id=old.run_id, series_id=old.series_id, model_id=old.model_id,
+                        model_version=old.model_version, status="ok", flagged=flagged,
+                        max_grade=3 if flagged else 0, n_vertebrae=5, n_instances=150,
+                        supersedes_id=old.id)
+        s.add(new)
+        s.flush()
+        return new.id
+
+
+def test_items_follow_a_superseded_screening(engine):
+    """A study's series completed after it was screened: its item follows the new result
+    with the same reproducible draw; the nurse's decision keeps the screening she saw."""
+    settings = AdjudicationSettings(audit_negative_rate=0.3, double_read_rate=0.0)
+    studies = seed_cases(engine, n=40, flagged=[i < 20 for i in range(40)])
+    with session_scope(engine) as s:
+        uids = {st.id: st.study_instance_uid for st in s.query(Study)}
+
+    def sampled(st):
+        return is_sampled("default", AUDIT_NEGATIVE, uids[st.study_id], 0.3)
+
+    build_worklist(engine, settings=settings)
+    flagged_out = next(st for st in studies if st.flagged and not sampled(st))
+    flagged_sampled = next(st for st in studies if st.flagged and sampled(st))
+    negative_in = next(st for st in studies if not st.flagged and sampled(st))
+    negative_out = next(st for st in studies if not st.flagged and not sampled(st))
+    decided = next(st for st in studies if st.flagged and not sampled(st)
+                   and st is not flagged_out)
+    item_of = {i.study_id: i.id for i in _items_rows(engine)}
+    record_decision(engine, {"study_id": decided.study_id, "decision": "not_confirmed",
+                             "screening_id": decided.screening_id,
+                             "worklist_item_id": item_of[decided.study_id]}, "nurse-a")
+    new = {
+        flagged_out.study_id: _supersede(engine, flagged_out.screening_id, flagged=False),
+        flagged_sampled.study_id: _supersede(engine, flagged_sampled.screening_id,
+                                             flagged=False),
+        negative_in.study_id: _supersede(engine, negative_in.screening_id, flagged=True),
+        negative_out.study_id: _supersede(engine, negative_out.screening_id, flagged=True),
+        decided.study_id: _supersede(engine, decided.screening_id, flagged=False),
+    }
+    before = items(engine)
+    summary = build_worklist(engine, settings=settings)
+    got = items(engine)
+    rows = {i.study_id: i for i in _items_rows(engine)}
+    assert got[negative_in.study_id][:2] == ("flagged", 1.0)
+    assert got[flagged_sampled.study_id][:2] == ("audit_negative", pytest.approx(0.3))
+    # on the list already, no longer flagged and not in the sample: reviewed for certain
+    assert got[flagged_out.study_id][:2] == ("audit_negative", 1.0)
+    assert got[decided.study_id][:2] == ("audit_negative", 1.0)
+    # a negative that was not drawn and is now flagged is added as any flagged study
+    assert negative_out.study_id not in before and got[negative_out.study_id][:2] == (
+        "flagged", 1.0)
+    assert summary.n_added == 1
+    for sid, screening in new.items():
+        assert rows[sid].screening_id == screening, sid
+    # nothing else moved, and the decision keeps the screening the nurse saw
+    assert {k: v for k, v in got.items() if k not in new} == {
+        k: v for k, v in before.items() if k not in new}
+    from fracture_qi.store.schema import AdjudicationEvent
+
+    with session_scope(engine) as s:
+        (ev,) = s.query(AdjudicationEvent).filter_by(study_id=decided.study_id).all()
+        assert ev.screening_id == decided.screening_id
+    assert build_worklist(engine, settings=settings).n_added == 0 and items(engine) == got
+
+
+def _items_rows(engine):
+    with session_scope(engine) as s:
+        rows = s.query(WorklistItem).all()
+        s.expunge_all()
+        return rows

@@ -173,3 +173,72 @@ def test_screen_command_sends_results_and_retries_failures(
     rows = query(db, "select kind, status, attempts from result_objects order by kind")
     assert rows == [("keyimage", "sent", 2), ("sr", "sent", 2)]
     _check_results(orthanc, study, tmp_path)
+
+
+def _instances_of(server: OrthancServer, orthanc_study: str, modality: str
+                  ) -> list[pydicom.Dataset]:
+    """Every instance of *modality* in the study, by InstanceNumber."""
+    out = []
+    for se in server.get(f"/studies/{orthanc_study}/series"):
+        if se["MainDicomTags"].get("Modality") == modality:
+            for inst in se["Instances"]:
+                data = server._request("GET", f"/instances/{inst}/file")
+                out.append(pydicom.dcmread(io.BytesIO(data)))
+    return sorted(out, key=lambda d: int(d.InstanceNumber))
+
+
+def test_results_of_a_study_completed_after_they_were_sent_are_corrected(
+        orthanc: OrthancServer, study: list[Path], tmp_path: Path) -> None:  # noqa: F811
+    """The PACS forwards the first 90 of 150 slices, pauses past quiet_seconds, then forwards
+    the whole study. The SR and key image of the incomplete series went into the PACS
+    already; those of the complete series must follow as new instances of the same result
+    series, the new SR naming the old one as its predecessor, and the flag must be right."""
+    orthanc.clear()
+    orthanc.upload(study[:90])
+    port = new_port()
+    orthanc.add_modality("fqi", "FRACTUREQI", port)
+    pacs = (f"  - {{name: pacs, kind: dimse, host: 127.0.0.1, port: {orthanc.dicom_port}, "
+            f"called_aet: {orthanc.aet}, calling_aet: FRACTUREQI, timeout_s: 30}}\n")
+    manifest = write_manifest(tmp_path, port=port, callers=(orthanc.aet,), quiet=1.0,
+                              extra_sources=pacs, results_to="pacs")
+    db = tmp_path / "fqi.db"
+    listener = ListenerProcess(manifest, port)
+    ct = pydicom.dcmread(study[0], stop_before_pixels=True)
+    oid = _orthanc_study(orthanc, str(ct.StudyInstanceUID))
+    try:
+        orthanc.post("/modalities/fqi/store", oid.encode())
+        wait_for(lambda: query(db, "select state, n_instances from received_studies")
+                 == [("processed", 90)], "the first part processed", listener=listener)
+        assert sorted(query(db, "select kind, status from result_objects")) == [
+            ("keyimage", "sent"), ("sr", "sent")]
+        (first,) = _instances_of(orthanc, oid, "SR")
+        orthanc.upload(study[90:])
+        # the whole study again, with the results we stored into it (not taken as new)
+        orthanc.post("/modalities/fqi/store", oid.encode())
+        wait_for(lambda: query(db, "select state, n_instances from received_studies")
+                 == [("processed", len(study))], "the completed study processed",
+                 listener=listener)
+    finally:
+        assert listener.terminate() == 0
+    assert query(db, "select count(*), sum(status = 'sent') from result_objects") == [(4, 4)]
+    old_sr, new_sr = _instances_of(orthanc, oid, "SR")
+    assert old_sr.SOPInstanceUID == first.SOPInstanceUID
+    assert new_sr.SOPInstanceUID != old_sr.SOPInstanceUID
+    assert new_sr.SeriesInstanceUID == old_sr.SeriesInstanceUID
+    assert (int(old_sr.InstanceNumber), int(new_sr.InstanceNumber)) == (1, 2)
+    pred = new_sr.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
+    assert pred.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == old_sr.SOPInstanceUID
+
+    def flag_and_evidence(sr: pydicom.Dataset) -> tuple[str, int]:
+        flags = [item.ConceptCodeSequence[0].CodeMeaning
+                 for box in sr.ContentSequence if "ContentSequence" in box
+                 for item in box.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeMeaning.startswith("Suspected")]
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        return flags[0], len(evidence.ReferencedSOPSequence)
+
+    assert flag_and_evidence(old_sr) == ("Absent", 90)
+    assert flag_and_evidence(new_sr) == ("Present", len(study))
+    assert [int(d.InstanceNumber) for d in _instances_of(orthanc, oid, "OT")] == [1, 2]
+    new_sr.save_as(tmp_path / "new_sr.dcm")
+    assert dciodvfy_errors(tmp_path / "new_sr.dcm") == []

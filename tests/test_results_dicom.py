@@ -255,3 +255,33 @@ def test_a_sr_of_this_suite_wins_over_a_secondary_capture(series: ScreenedSeries
     _save(sc, folder / "sc.dcm")
     best = read_results([folder]).by_study[series.study_instance_uid]
     assert best.kind == "tid1500" and best.result.flagged is True
+
+
+def test_a_superseding_result_is_a_new_instance_naming_its_predecessor(
+        series: ScreenedSeries, tmp_path: Path) -> None:
+    """The series gained instances and was screened again: its objects are new instances
+    (the PACS keeps what it was sent) of the same result series, and the SR names the one it
+    replaces in its Predecessor Documents Sequence."""
+    from fracture_qi.results_dicom.sr import result_uid
+
+    first = {"sr": build_sr(series), "sc": build_keyimage(series), "seg": build_seg(series)}
+    # first screenings keep the UIDs they always had (objects sent before still match)
+    parts = (series.series_instance_uid, series.model_id, series.model_version)
+    assert first["sr"].SOPInstanceUID == result_uid("sr", *parts)
+    assert first["sc"].SOPInstanceUID == result_uid("sc", *parts)
+    assert "PredecessorDocumentsSequence" not in first["sr"]
+    old = Dataset()
+    for key in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        setattr(old, key, getattr(first["sr"], key))
+    series.screening_id, series.revision, series.predecessors = 9, 2, [old]
+    again = {"sr": build_sr(series), "sc": build_keyimage(series), "seg": build_seg(series)}
+    for kind, ds in again.items():
+        assert ds.SeriesInstanceUID == first[kind].SeriesInstanceUID, kind
+        assert ds.SOPInstanceUID != first[kind].SOPInstanceUID, kind
+        assert int(ds.InstanceNumber) == 2, kind
+    pred = again["sr"].PredecessorDocumentsSequence[0]
+    assert pred.StudyInstanceUID == series.study_instance_uid
+    ref = pred.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == first["sr"].SeriesInstanceUID
+    assert ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first["sr"].SOPInstanceUID
+    assert dciodvfy_errors(_save(again["sr"], tmp_path / "sr2.dcm")) == []

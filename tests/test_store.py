@@ -296,3 +296,139 @@ def test_zero_byte_database_file_is_refused_not_recreated(tmp_path):
     assert "0 bytes" in r.stderr and db.stat().st_size == 0
     # a new site (no file yet) still starts
     assert current_revision(open_store(f"sqlite:///{tmp_path / 'new.db'}")) == head_revision()
+
+
+# --------------------------------------------------------------------------------------------
+# revision 0008: screenings supersede (a series screened again after it gained instances)
+# --------------------------------------------------------------------------------------------
+#: tables whose rows point at screenings
+SCREENING_CHILDREN = ("vertebra_findings", "worklist_items", "adjudication_events",
+                      "result_objects")
+
+
+def _screened_at_0006(engine: sa.Engine) -> dict[str, list[tuple]]:
+    """A database at revision 0006 with two screenings and a row of every table that points
+    at one; returns a snapshot of those tables."""
+    assert upgrade(engine, "0006") == "0006"
+    t = {name: S.Base.metadata.tables[name] for name in ("screening_runs", "studies", "series",
+                                                         "screenings", *SCREENING_CHILDREN)}
+    with engine.begin() as c:
+        run = c.execute(sa.insert(t["screening_runs"]).values(
+            model_id="m", model_version="1", params={})).inserted_primary_key[0]
+        ids = []
+        for k in range(2):
+            study = c.execute(sa.insert(t["studies"]).values(
+                study_instance_uid=f"1.2.3.{k}", eligible=True)).inserted_primary_key[0]
+            series = c.execute(sa.insert(t["series"]).values(
+                series_instance_uid=f"1.2.3.{k}.1", study_id=study, n_instances=90,
+                chosen=True)).inserted_primary_key[0]
+            ids.append(c.execute(sa.insert(t["screenings"]).values(
+                run_id=run, series_id=series, model_id="m", model_version="1", status="ok",
+                flagged=k == 0, max_grade=3 * (k == 0), n_vertebrae=1)).inserted_primary_key[0])
+            c.execute(sa.insert(t["vertebra_findings"]).values(screening_id=ids[-1], level="L1"))
+            item = c.execute(sa.insert(t["worklist_items"]).values(
+                study_id=study, screening_id=ids[-1], stratum="flagged")).inserted_primary_key[0]
+            c.execute(sa.insert(t["adjudication_events"]).values(
+                event_uid=str(uuid.uuid4()), worklist_item_id=item, study_id=study,
+                screening_id=ids[-1], reviewer="nurse1", app_version="0.1",
+                decision="not_confirmed"))
+            c.execute(sa.insert(t["result_objects"]).values(
+                screening_id=ids[-1], kind="sr", destination="pacs", study_instance_uid="1",
+                series_instance_uid="2", sop_instance_uid=f"3.{k}", sop_class_uid="4"))
+    return _snapshot(engine)
+
+
+def _snapshot(engine: sa.Engine) -> dict[str, list[tuple]]:
+    old_cols = [c for c in S.Screening.__table__.columns
+                if c.name not in ("n_instances", "supersedes_id")]
+    out = {}
+    with engine.connect() as c:
+        out["screenings"] = [tuple(r) for r in c.execute(
+            sa.select(*old_cols).order_by(S.Screening.id))]
+        for name in SCREENING_CHILDREN:
+            table = S.Base.metadata.tables[name]
+            out[name] = [tuple(r) for r in c.execute(sa.select(table).order_by(table.c.id))]
+    return out
+
+
+def _check_supersede_migration(engine: sa.Engine) -> None:
+    before = _screened_at_0006(engine)
+    assert upgrade(engine) == head_revision()
+    assert schema_differences(engine) == []
+    assert _snapshot(engine) == before  # every row kept, with its id and its references
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert {ix["name"] for ix in sa.inspect(engine).get_indexes("screenings")} >= {
+        "ix_screenings_run_id", "ix_screenings_series_id", "uq_screening_once"}
+    first, second = (r[0] for r in before["screenings"])
+    with session_scope(engine) as s:
+        old = s.get(S.Screening, first)
+        assert (old.n_instances, old.supersedes_id) == (None, None)
+        run_id, series_id = old.run_id, old.series_id
+
+    def screening(**kw: object) -> S.Screening:
+        return S.Screening(run_id=run_id, series_id=series_id, model_id="m", model_version="1",
+                           status="ok", n_instances=150, **kw)
+
+    # a second first screening of (series, model, version) is refused ...
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as s:
+        s.add(screening())
+    # ... one that supersedes it is stored, once
+    with session_scope(engine) as s:
+        new = screening(supersedes_id=first)
+        s.add(new)
+        s.flush()
+        new_id = new.id
+    with pytest.raises(sa.exc.IntegrityError), session_scope(engine) as s:
+        s.add(screening(supersedes_id=first))
+    with session_scope(engine) as s:
+        current = s.scalars(sa.select(S.Screening.id).where(S.screening_is_current())
+                            .order_by(S.Screening.id)).all()
+    assert current == [second, new_id]
+    # going back would lose a result: refused, nothing changed
+    from alembic import command
+
+    from fracture_qi.store.init import alembic_config
+
+    with pytest.raises(RuntimeError, match="supersede an earlier one"), engine.begin() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert current_revision(engine) == head_revision()
+
+
+def test_sqlite_supersede_migration_keeps_every_screening(tmp_path):
+    _check_supersede_migration(open_store(f"sqlite:///{tmp_path / 's.db'}", migrate=False))
+
+
+@pytest.mark.postgres
+def test_postgres_supersede_migration_keeps_every_screening(fresh_postgres_url):
+    engine = open_store(fresh_postgres_url, migrate=False)
+    _check_supersede_migration(engine)
+    engine.dispose()
+
+
+def test_sqlite_supersede_downgrade_and_upgrade_keep_rows(tmp_path):
+    from alembic import command
+
+    from fracture_qi.store.init import alembic_config
+
+    engine = open_store(f"sqlite:///{tmp_path / 'd.db'}", migrate=False)
+    before = _screened_at_0006(engine)
+    assert upgrade(engine) == head_revision()
+    with engine.begin() as conn:  # nothing supersedes anything: going back is allowed
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    assert current_revision(engine) == "0006"
+    with engine.connect() as c:
+        cols = [r[1] for r in c.exec_driver_sql("PRAGMA table_info(screenings)")]
+        assert "supersedes_id" not in cols and "n_instances" not in cols
+        assert c.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        sql = c.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'screenings'").scalar()
+        assert "uq_screening_once UNIQUE (series_id, model_id, model_version)" in sql
+    assert upgrade(engine) == head_revision()
+    assert _snapshot(engine) == before
+    assert schema_differences(engine) == []

@@ -9,7 +9,10 @@
 * of both, a share marked ``double_read``: a second nurse reads them blind to the first.
 
 It is idempotent: running it again after more studies are screened adds only the new ones,
-and never reshuffles the sample.
+and never reshuffles the sample. One thing moves an item: its screening was superseded (the
+study's series gained instances after it was screened and was screened again). The item
+then follows the new result with the same reproducible draw (:func:`follow_superseded`);
+decisions already made keep the screening the nurse saw.
 
 Nurses take cases with :func:`claim_next`, which leases one (item, read) to one reviewer for
 ``lease_minutes`` (table ``claims``): others are not offered it while the lease runs; a lease
@@ -29,6 +32,7 @@ from sqlalchemy import Engine, and_, delete, exists, func, insert, or_, select, 
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from fracture_qi.adjudication.sampling import AUDIT_NEGATIVE, DOUBLE_READ, check_rate, is_sampled
 from fracture_qi.errors import ConfigError
@@ -43,6 +47,7 @@ from fracture_qi.store.schema import (
     Study,
     VertebraFinding,
     WorklistItem,
+    screening_is_current,
 )
 
 logger = logging.getLogger(__name__)
@@ -155,6 +160,52 @@ def _counted_ok_screenings(model: ModelRef | None) -> Any:
     )
 
 
+def follow_superseded(engine: Engine, *, audit: str = DEFAULT_AUDIT,
+                      settings: AdjudicationSettings | None = None) -> int:
+    """Move the items whose screening was superseded onto the current screening.
+
+    The stratum follows the new result as :func:`build_worklist` would draw it (the draw is
+    reproducible, so nothing is reshuffled): flagged -> ``flagged`` with probability 1;
+    AI-negative and in the audit sample -> ``audit_negative`` at the audit's rate;
+    AI-negative (or not assessable) and not in the sample -> ``audit_negative`` with
+    probability 1: the study is on the list already, so it is reviewed for certain. No item
+    is removed, and adjudication events keep the screening they were made on.
+
+    Returns
+    -------
+    int
+        How many items moved.
+    """
+    s = settings or AdjudicationSettings()
+    old = aliased(Screening)
+    stmt = (
+        select(WorklistItem.id, WorklistItem.stratum, Study.study_instance_uid, old.id,
+               Screening.id, Screening.status, Screening.flagged)
+        .join(Study, Study.id == WorklistItem.study_id)
+        .join(old, old.id == WorklistItem.screening_id)
+        .join(Screening, and_(Screening.series_id == old.series_id,
+                              Screening.model_id == old.model_id,
+                              Screening.model_version == old.model_version,
+                              screening_is_current()))
+        .where(WorklistItem.audit_name == audit, Screening.id != old.id)
+    )
+    moved = 0
+    with engine.begin() as conn:
+        for item_id, was, uid, old_id, new_id, status, flagged in conn.execute(stmt).all():
+            if status == "ok" and flagged:
+                stratum, p = FLAGGED, 1.0
+            elif is_sampled(s.salt(audit), AUDIT_NEGATIVE, uid, s.audit_negative_rate):
+                stratum, p = AUDIT_NEGATIVE, float(s.audit_negative_rate)
+            else:
+                stratum, p = AUDIT_NEGATIVE, 1.0
+            conn.execute(update(WorklistItem).where(WorklistItem.id == item_id).values(
+                screening_id=new_id, stratum=stratum, sampling_probability=p))
+            logger.info("worklist item %d: screening %d superseded by %d (the series was "
+                        "completed); %s -> %s (p=%g)", item_id, old_id, new_id, was, stratum, p)
+            moved += 1
+    return moved
+
+
 def build_worklist(
     engine: Engine,
     *,
@@ -183,12 +234,14 @@ def build_worklist(
     -------
     WorklistSummary
         Counts over the whole worklist after the run, and how many rows this run added.
+        Items whose screening was superseded are moved first (:func:`follow_superseded`).
     """
     s = settings or AdjudicationSettings()
     if not audit or len(audit) > 100:
         raise ConfigError(f"audit name {audit!r}: use 1-100 characters, e.g. 'default' or '2026-q3'")
     model = (resolve_model(engine, f"{model_id}:{model_version}" if model_version else model_id)
              if model_id else resolve_model(engine))
+    follow_superseded(engine, audit=audit, settings=s)
     with engine.connect() as conn:
         rows = conn.execute(_counted_ok_screenings(model)).all()
         existing = set(conn.execute(

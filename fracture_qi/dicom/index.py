@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, exists, insert, select, text, update
+from sqlalchemy import Engine, and_, delete, exists, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from fracture_qi.dicom.headers import FileHeader, FileProblem, dicomdir_files
@@ -54,6 +54,7 @@ from fracture_qi.store.schema import (
     Screening,
     Series,
     Study,
+    screening_is_current,
 )
 
 log = logging.getLogger(__name__)
@@ -227,8 +228,10 @@ def chosen_series(
     engine
         The suite's database.
     unscreened_for
-        ``(model_id, model_version)``: leave out series that already have a screening row
-        for that model version (whatever its status), so a rerun resumes where it stopped.
+        ``(model_id, model_version)``: leave out series whose current screening by that
+        model version (whatever its status) was made on the instances the series holds now,
+        so a rerun resumes where it stopped, and a series that gained instances since it
+        was screened (a study completed late) is screened again.
     source
         Only series indexed from this manifest source.
     limit
@@ -254,6 +257,10 @@ def chosen_series(
                     Screening.series_id == Series.id,
                     Screening.model_id == model_id,
                     Screening.model_version == version,
+                    screening_is_current(),
+                    # screened before revision 0008 (count unknown): taken as complete
+                    or_(Screening.n_instances.is_(None),
+                        Screening.n_instances == Series.n_instances),
                 )
             )
         )

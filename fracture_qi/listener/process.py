@@ -3,11 +3,15 @@
 :class:`StudyProcessor` holds what is loaded once (the manifest, the database, the model)
 and :meth:`StudyProcessor.process` runs the four steps on one study. Every step is the same
 library function the commands use, and every step is idempotent, so a study processed twice
-(a crash after screening, instances arriving late) changes nothing the second time:
+(a crash after screening) changes nothing the second time. A study whose series gained
+instances after it was processed (the sender paused for longer than ``quiet_seconds``, then
+sent the rest) is screened again on the complete series: the new screening supersedes the
+one of the incomplete series, which is kept but no longer counts, is not sent again, and
+leaves the worklist to the new result.
 
 1. **index** the study's folder of the storage area (:func:`fracture_qi.dicom.index.index_folder`,
    under the storage folder source's name): eligibility and the chosen series;
-2. **screen** the chosen series if this model has not screened it
+2. **screen** the chosen series if this model has not screened it as it is now
    (:func:`fracture_qi.screening.engine.run_screening` with the study's job, decoded in this
    process);
 3. **send** the results back into the PACS when ``results_to_pacs`` is set
@@ -27,7 +31,7 @@ from typing import Any
 from sqlalchemy import select
 
 from fracture_qi.store.db import session_scope
-from fracture_qi.store.schema import Screening, Series, Study
+from fracture_qi.store.schema import Screening, Series, Study, screening_is_current
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +114,14 @@ class StudyProcessor:
 
     def _screen(self, study_uid: str) -> int:
         from fracture_qi.dicom.index import chosen_series
-        from fracture_qi.screening.engine import SeriesJob, run_screening
+        from fracture_qi.screening.engine import run_screening
+        from fracture_qi.screening.runs import jobs_from_refs
 
         refs = chosen_series(self.engine, studies=[study_uid],
                              unscreened_for=(self.model.model_id, self.model.model_version))
         if not refs:
             return 0
-        jobs = [SeriesJob(key=r.series_id, series_id=r.series_id,
-                          study_instance_uid=r.study_instance_uid,
-                          series_instance_uid=r.series_instance_uid, paths=list(r.paths),
-                          path=str(r.path or "")) for r in refs]
+        jobs = jobs_from_refs(refs)  # with the instance count the screening is made on
         summary = run_screening(self.manifest, self.engine, model=self.model, jobs=jobs,
                                 workers=0, progress=False)
         return summary.n_ok + summary.n_error
@@ -133,7 +135,7 @@ class StudyProcessor:
                 .where(Study.study_instance_uid == study_uid,
                        Screening.model_id == self.model.model_id,
                        Screening.model_version == self.model.model_version,
-                       Screening.status == "ok"))]
+                       Screening.status == "ok", screening_is_current()))]
 
     def process(self, study_uid: str) -> StudyOutcome:
         """Run the four steps on one study; raises only when a step cannot run at all."""

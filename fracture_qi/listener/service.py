@@ -1,8 +1,10 @@
 """The listener's loop: receive, wait for quiet, process, until stopped.
 
-:func:`listen` opens the database, recovers the storage area after any crash
-(:func:`fracture_qi.listener.storage.recover`), loads the model once, starts the storage SCP
-(or follows an Orthanc's changes feed), then loops: every :data:`TICK_S` it marks the
+:func:`listen` opens the database, loads the model once, recovers the storage area after
+any crash (:func:`fracture_qi.listener.storage.recover`) just before it starts the storage
+SCP (or follows an Orthanc's changes feed), so a study left open by the last run gets its
+whole ``quiet_seconds`` for the sender to resume, not what is left of it after the model
+has loaded; then it loops: every :data:`TICK_S` it marks the
 studies that have been quiet for ``quiet_seconds`` as complete and processes them one at a
 time (:class:`~fracture_qi.listener.process.StudyProcessor`). Results that failed to reach
 the PACS are retried every :data:`RETRY_SEND_S`. A study whose processing raises is retried
@@ -85,7 +87,6 @@ class Listener:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._next_try: dict[str, float] = {}
-        recover(self.area, engine)
         self.processor = StudyProcessor(manifest, engine, model=model)
         self._server: Any = None
         self._feed: Any = None
@@ -168,7 +169,10 @@ class Listener:
 
     # ------------------------------------------------------------------------------ run
     def start(self) -> None:
-        """Start receiving (SCP threads, or nothing for the Orthanc feed, polled in run)."""
+        """Recover the storage area, then start receiving (SCP threads, or nothing for the
+        Orthanc feed, polled in run). Recovery reopens the studies still receiving with a
+        quiet period from now: the sender may be resending."""
+        recover(self.area, self.engine)
         if self.config.orthanc is not None:
             from fracture_qi.listener.orthanc import OrthancFeed
 

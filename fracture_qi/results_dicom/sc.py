@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from fracture_qi import __version__
 from fracture_qi.results_dicom.source import ResultSourceError, ScreenedSeries
-from fracture_qi.results_dicom.sr import MANUFACTURER, result_uid
+from fracture_qi.results_dicom.sr import MANUFACTURER, object_uids
 
 #: SeriesDescription of the key image series
 SC_SERIES_DESCRIPTION = "AI RESULT fracture-qi key image (not verified)"
@@ -38,13 +38,13 @@ def build_keyimage(s: ScreenedSeries, *, series_number: int = 9702) -> Dataset:
     if not s.headers:
         raise ResultSourceError(f"screening {s.screening_id}: no source header for the study")
     rgb = np.ascontiguousarray(np.asarray(s.keyimage, dtype=np.uint8)[..., :3])
-    uid_parts = (s.series_instance_uid, s.model_id, s.model_version)
+    series_uid, sop_uid, number = object_uids(s, "sc")
     ref = s.headers[len(s.headers) // 2]
     sc = SCImage.from_ref_dataset(
         ref_dataset=ref, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", patient_orientation=PATIENT_ORIENTATION,
-        series_instance_uid=result_uid("sc-series", *uid_parts), series_number=series_number,
-        sop_instance_uid=result_uid("sc", *uid_parts), instance_number=1,
+        series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=number,
         manufacturer=MANUFACTURER, transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=SC_SERIES_DESCRIPTION,
     )

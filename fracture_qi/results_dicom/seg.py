@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from fracture_qi import __version__
 from fracture_qi.results_dicom import codes
 from fracture_qi.results_dicom.source import ScreenedSeries
-from fracture_qi.results_dicom.sr import MANUFACTURER, result_uid
+from fracture_qi.results_dicom.sr import MANUFACTURER, object_uids, result_uid
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,12 @@ def build_seg(s: ScreenedSeries, *, series_number: int = 9703) -> Dataset | None
                                     s.model_version, k),
             tracking_id=f"{v.level or f'vertebra {k + 1}'} body"[:64],
         ))
-    uid_parts = (s.series_instance_uid, s.model_id, s.model_version)
+    series_uid, sop_uid, number = object_uids(s, "seg")
     seg = Segmentation(
         source_images=s.headers, pixel_array=labels,
         segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
-        series_instance_uid=result_uid("seg-series", *uid_parts), series_number=series_number,
-        sop_instance_uid=result_uid("seg", *uid_parts), instance_number=1,
+        series_instance_uid=series_uid, series_number=series_number,
+        sop_instance_uid=sop_uid, instance_number=number,
         manufacturer=MANUFACTURER, manufacturer_model_name=s.model_id[:64],
         software_versions=f"fracture-qi {__version__}"[:64], device_serial_number="1",
         content_label="VERTEBRAE", content_description="Vertebral bodies (approximate)",

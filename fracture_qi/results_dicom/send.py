@@ -11,6 +11,11 @@ recorded (``failed``, with the reason) and retried the next time; the batch goes
 UIDs are derived from the screening (:func:`~fracture_qi.results_dicom.sr.result_uid`), so
 an object sent again after an interruption (sent, but killed before it was marked) replaces
 the copy in the PACS instead of adding a second one.
+
+A screening superseded because its series gained instances (the listener screened a study
+before all of it had arrived) is not sent any more; the screening of the completed series
+is sent as new instances in the same result series, its SR naming the SR already sent in
+its Predecessor Documents Sequence (:func:`~fracture_qi.results_dicom.sr.object_uids`).
 """
 
 from __future__ import annotations
@@ -28,7 +33,14 @@ from sqlalchemy import select
 from fracture_qi.errors import FractureQIError, PacsError
 from fracture_qi.results_dicom.source import ResultSourceError, ScreenedSeries, screened_series
 from fracture_qi.store.db import session_scope
-from fracture_qi.store.schema import ResultObject, Screening, Series, Study, utcnow
+from fracture_qi.store.schema import (
+    ResultObject,
+    Screening,
+    Series,
+    Study,
+    screening_is_current,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +102,8 @@ def build_objects(s: ScreenedSeries, kinds: Sequence[str], *, series_number: int
 def due_screenings(engine: Any, destination: str, kinds: Sequence[str], *,
                    screening_ids: Iterable[int] | None = None, retry_failed: bool = True
                    ) -> dict[int, list[str]]:
-    """Successful screenings of chosen series with objects of *kinds* not yet sent.
+    """Successful current screenings of chosen series with objects of *kinds* not yet sent
+    (a screening superseded by one of the completed series is never sent).
 
     Returns
     -------
@@ -108,7 +121,8 @@ def due_screenings(engine: Any, destination: str, kinds: Sequence[str], *,
     with session_scope(engine) as s:
         stmt = (select(Screening.id).join(Series, Screening.series_id == Series.id)
                 .join(Study, Series.study_id == Study.id)
-                .where(Screening.status == "ok", Study.chosen_series_id == Series.id)
+                .where(Screening.status == "ok", Study.chosen_series_id == Series.id,
+                       screening_is_current())
                 .order_by(Screening.id))
         ids = [i for i in s.scalars(stmt) if wanted is None or i in wanted]
         done: dict[int, set[str]] = {}

@@ -28,7 +28,14 @@ from sqlalchemy import inspect, select
 from fracture_qi.errors import FractureQIError
 from fracture_qi.screening.types import SeriesResult, VertebraResult
 from fracture_qi.store.db import session_scope
-from fracture_qi.store.schema import Instance, Screening, Series, Study, VertebraFinding
+from fracture_qi.store.schema import (
+    Instance,
+    ResultObject,
+    Screening,
+    Series,
+    Study,
+    VertebraFinding,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,13 @@ class ScreenedSeries:
         the canonical z order), with study and patient modules.
     keyimage
         RGB uint8 key image, where one was saved.
+    revision
+        1 for the first screening of the series by this model version; 2, 3... for a
+        screening that supersedes earlier ones (the series gained instances): its objects
+        get new SOP Instance UIDs and this InstanceNumber, in the same result series.
+    predecessors
+        The SR documents already sent for the screenings this one supersedes (UIDs only),
+        referenced from the new SR's Predecessor Documents Sequence.
     """
 
     screening_id: int | None
@@ -65,6 +79,8 @@ class ScreenedSeries:
     result: SeriesResult
     headers: list[Dataset] = field(default_factory=list)
     keyimage: np.ndarray | None = None
+    revision: int = 1
+    predecessors: list[Dataset] = field(default_factory=list)
 
     @property
     def origin(self) -> np.ndarray:
@@ -220,18 +236,48 @@ def screened_series(engine: Any, screening_id: int, *, sources: Sequence[Any] = 
         result = result_from_store(row, findings)
         paths = list(s.scalars(select(Instance.path).where(Instance.series_id == row.series_id)
                                .order_by(Instance.z, Instance.instance_number, Instance.id)))
+        earlier = _superseded_chain(s, row)
         out = ScreenedSeries(
             screening_id=screening_id,
             study_instance_uid=study.study_instance_uid if study is not None else "",
             series_instance_uid=series.series_instance_uid if series is not None else "",
             model_id=row.model_id, model_version=row.model_version, result=result,
-            keyimage=_read_keyimage(row.keyimage_path),
+            keyimage=_read_keyimage(row.keyimage_path), revision=len(earlier) + 1,
+            predecessors=_sent_documents(s, earlier),
         )
     if with_headers:
         out.headers = read_headers(paths, sources, base)
         if not out.headers:
             raise ResultSourceError(f"screening {screening_id}: no source image headers found")
     return out
+
+
+def _superseded_chain(s: Any, row: Screening) -> list[int]:
+    """The screenings *row* supersedes, directly or through others, newest first."""
+    out: list[int] = []
+    cur = row.supersedes_id
+    while cur is not None and cur not in out:
+        out.append(int(cur))
+        cur = s.scalar(select(Screening.supersedes_id).where(Screening.id == cur))
+    return out
+
+
+def _sent_documents(s: Any, screening_ids: Sequence[int]) -> list[Dataset]:
+    """UIDs of the SR documents sent for *screening_ids* (to any destination), once each."""
+    if not screening_ids:
+        return []
+    out: dict[str, Dataset] = {}
+    for study, series, sop, cls in s.execute(
+            select(ResultObject.study_instance_uid, ResultObject.series_instance_uid,
+                   ResultObject.sop_instance_uid, ResultObject.sop_class_uid)
+            .where(ResultObject.screening_id.in_(list(screening_ids)),
+                   ResultObject.kind == "sr", ResultObject.status == "sent")
+            .order_by(ResultObject.id)):
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID, ds.SOPClassUID = sop, cls
+        out.setdefault(str(sop), ds)
+    return list(out.values())
 
 
 def has_column(engine: Any, table: str, column: str) -> bool:

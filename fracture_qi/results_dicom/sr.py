@@ -76,6 +76,29 @@ def result_uid(*parts: object) -> str:
     return surrogate_uid("fracture-qi-result", *parts)
 
 
+def object_uids(s: ScreenedSeries, kind: str) -> tuple[str, str, int]:
+    """SeriesInstanceUID, SOPInstanceUID and InstanceNumber of the *kind* object (``sr``,
+    ``sc``, ``seg``) of a screened series.
+
+    The series is one per (source series, model version, kind). The first screening's object
+    keeps the UID it always had; a screening that supersedes it (the series gained instances
+    and was screened again) is a new instance in the same series, numbered by its revision,
+    so the PACS keeps both and shows the newest last.
+
+    >>> from fracture_qi.screening.types import SeriesResult
+    >>> s = ScreenedSeries(7, "1.2", "1.2.3", "m", "1", SeriesResult(status="ok"))
+    >>> first = object_uids(s, "sr"); s.revision = 2
+    >>> again = object_uids(s, "sr")
+    >>> again[0] == first[0], again[1] != first[1], (first[2], again[2])
+    (True, True, (1, 2))
+    """
+    parts = (s.series_instance_uid, s.model_id, s.model_version)
+    series = result_uid(f"{kind}-series", *parts)
+    if s.revision <= 1:
+        return series, result_uid(kind, *parts), 1
+    return series, result_uid(kind, *parts, "revision", s.screening_id), int(s.revision)
+
+
 def _algorithm(s: ScreenedSeries) -> AlgorithmIdentification:
     return AlgorithmIdentification(name=s.model_id[:64], version=s.model_version[:64])
 
@@ -215,7 +238,9 @@ def build_sr(s: ScreenedSeries, *, series_number: int = 9701) -> Comprehensive3D
     Parameters
     ----------
     s
-        The screened series, with its source image headers (``s.headers``).
+        The screened series, with its source image headers (``s.headers``); a screening
+        that supersedes earlier ones lists their SRs in ``s.predecessors`` (Predecessor
+        Documents Sequence).
     series_number
         SeriesNumber of the new SR series.
 
@@ -223,19 +248,21 @@ def build_sr(s: ScreenedSeries, *, series_number: int = 9701) -> Comprehensive3D
     -------
     highdicom.sr.Comprehensive3DSR
         A pydicom Dataset (``save_as`` writes it); UIDs derived from the screening, so the
-        same result always gives the same SOP Instance UID.
+        same result always gives the same SOP Instance UID (:func:`object_uids`).
     """
-    uid_parts = (s.series_instance_uid, s.model_id, s.model_version)
+    series_uid, sop_uid, number = object_uids(s, "sr")
     sr = Comprehensive3DSR(
         evidence=s.headers,
         content=measurement_report(s),
-        series_instance_uid=result_uid("sr-series", *uid_parts),
+        series_instance_uid=series_uid,
         series_number=series_number,
-        sop_instance_uid=result_uid("sr", *uid_parts),
-        instance_number=1,
+        sop_instance_uid=sop_uid,
+        instance_number=number,
         manufacturer=MANUFACTURER,
         is_complete=True, is_final=False, is_verified=False,
         series_description=SR_SERIES_DESCRIPTION,
+        # a result on the completed series replaces the one on the incomplete series
+        previous_versions=s.predecessors or None,
     )
     sr.SoftwareVersions = [f"fracture-qi {__version__}"[:64], f"{s.model_id} {s.model_version}"[:64]]
     sr.ManufacturerModelName = s.model_id[:64]
@@ -244,4 +271,4 @@ def build_sr(s: ScreenedSeries, *, series_number: int = 9701) -> Comprehensive3D
 
 
 __all__ = ["MANUFACTURER", "SR_SERIES_DESCRIPTION", "build_sr", "measurement_report",
-           "result_uid"]
+           "object_uids", "result_uid"]

@@ -9,12 +9,17 @@ the same result for every study.
 **The rule**
 
 1. A *model* is a ``(model_id, model_version)`` pair, written ``model_id:model_version``.
-2. A study's *counted result* for model M is M's screening of the study's **chosen series**
-   (``studies.chosen_series_id``, set by the index). There is at most one (the unique
-   constraint on series, model id and version). A study without a chosen series, or whose
-   chosen series M has not screened, has no result for M ("not screened"). Results on
-   other series of the study are kept (``fracture-qi export`` lists them per series) but
-   never count for the study.
+2. A study's *counted result* for model M is M's **current** screening of the study's
+   **chosen series** (``studies.chosen_series_id``, set by the index). A screening is
+   current when no later one supersedes it: a series that gained instances after M
+   screened it (the rest of a study arriving late at the listener) is screened again, and
+   the new screening supersedes the old one, which is kept but never counts
+   (``screenings.supersedes_id``, :func:`fracture_qi.store.schema.screening_is_current`).
+   There is at most one current screening per series and model (one first screening per
+   series, model id and version; each superseded at most once). A study without a chosen
+   series, or whose chosen series M has not screened, has no result for M ("not
+   screened"). Results on other series of the study are kept (``fracture-qi export`` lists
+   them per series) but never count for the study.
 3. A model named by its id alone means its **current version**: the version with the most
    recent screening (the highest screening id).
 4. The **default model**, when none is named: the model with the most counted results
@@ -36,7 +41,7 @@ import pandas as pd
 from sqlalchemy import Engine, and_, func, select
 
 from fracture_qi.errors import ConfigError
-from fracture_qi.store.schema import Screening, Study
+from fracture_qi.store.schema import Screening, Study, screening_is_current
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,9 @@ class ModelRef:
 
 def counted_on() -> Any:
     """Join condition of a study's counted screenings (rule 2, any model):
-    ``screenings.series_id = studies.chosen_series_id``."""
-    return Screening.series_id == Study.chosen_series_id
+    ``screenings.series_id = studies.chosen_series_id`` and the screening is current (not
+    superseded)."""
+    return and_(Screening.series_id == Study.chosen_series_id, screening_is_current())
 
 
 def counted_join(model: ModelRef | None) -> Any:

@@ -222,7 +222,9 @@ def run_screening(
     Resumable: series already screened by the same model id and version are not selected,
     and the ``(series, model_id, model_version)`` unique constraint makes a second writer's
     row a no-op; a killed run is continued by running it again, and is then marked
-    ``interrupted`` (see :mod:`fracture_qi.screening.runs`).
+    ``interrupted`` (see :mod:`fracture_qi.screening.runs`). A series that gained instances
+    since it was screened is selected again; its new screening supersedes the old one,
+    which is kept (:class:`~fracture_qi.screening.results.DatabaseSink`).
 
     Parameters
     ----------

@@ -28,6 +28,9 @@ class SeriesJob:
         The folder it came from, for ``studies.csv``.
     series_id
         ``series.id`` in the database, or ``None`` without one.
+    n_instances
+        The series' instance count in the index when the job was made (recorded with its
+        screening: a series that holds more later is screened again), or ``None``.
     """
 
     key: int | str
@@ -36,6 +39,7 @@ class SeriesJob:
     paths: list[str] = field(default_factory=list)
     path: str = ""
     series_id: int | None = None
+    n_instances: int | None = None
 
 
 @dataclass

@@ -206,12 +206,26 @@ def finish_run(engine: Any, run_id: int, *, status: str) -> None:
         log.exception("could not mark screening run %d as %s", run_id, status)
 
 
+def grown(screened: int | None, now: int | None) -> bool:
+    """Whether a series screened with *screened* instances holds different content now
+    (*now* instances): both counts must be known.
+
+    >>> grown(90, 150), grown(150, 150), grown(None, 150), grown(90, None)
+    (True, False, False, False)
+    """
+    return screened is not None and now is not None and int(screened) != int(now)
+
+
 class DatabaseSink:
     """Write each outcome in its own transaction: a Screening row + its VertebraFindings.
 
     The run's ``n_ok``/``n_error`` are updated in the same transaction, so they stay true
-    even when the run is killed. A row that already exists for (series, model, version) is
-    left alone: :meth:`write` returns ``False``.
+    even when the run is killed. A current row for (series, model, version) made on the
+    same instances is left alone: :meth:`write` returns ``False``. A current row made on a
+    different number of instances (the series grew after it was screened) is superseded by
+    an outcome made on the instances the series holds now: the new row points at it
+    (``supersedes_id``) and it is kept. An outcome of a job made before the series changed
+    (a long batch overtaken by the listener) never supersedes anything.
     """
 
     def __init__(self, engine: Any, *, run_id: int, model: Any, keyimage_dir: Path) -> None:
@@ -221,38 +235,66 @@ class DatabaseSink:
         self.model_version = str(model.model_version)
         self.keyimage_dir = Path(keyimage_dir)
 
-    def _exists(self, series_id: int) -> bool:
-        from sqlalchemy import func, select
+    def _current(self, s: Any, series_id: int) -> Any:
+        from sqlalchemy import select
 
+        from fracture_qi.store.schema import Screening, screening_is_current
+
+        return s.scalars(select(Screening).where(
+            Screening.series_id == series_id, Screening.model_id == self.model_id,
+            Screening.model_version == self.model_version, screening_is_current())).first()
+
+    def _exists(self, series_id: int, n_instances: int | None) -> bool:
         from fracture_qi.store.db import session_scope
-        from fracture_qi.store.schema import Screening
 
         with session_scope(self.engine) as s:
-            n = s.scalar(select(func.count(Screening.id)).where(
-                Screening.series_id == series_id, Screening.model_id == self.model_id,
-                Screening.model_version == self.model_version))
-            return bool(n)
+            row = self._current(s, series_id)
+            return row is not None and not grown(row.n_instances, n_instances)
 
     def write(self, outcome: Any) -> bool:
-        """Store one outcome; ``False`` when this model version already screened the series.
+        """Store one outcome; ``False`` when this model version already screened the series
+        as it is (same instance count, or a count not known).
 
         Raises
         ------
         StoreError
             When the job has no ``series_id`` or the database refuses the row otherwise.
         """
+        from sqlalchemy import select
         from sqlalchemy.exc import IntegrityError
 
         from fracture_qi.store.db import session_scope
-        from fracture_qi.store.schema import Screening, ScreeningRun, VertebraFinding, utcnow
+        from fracture_qi.store.schema import (
+            Screening,
+            ScreeningRun,
+            Series,
+            VertebraFinding,
+            utcnow,
+        )
 
         job = outcome.job
         res: SeriesResult = outcome.result
         if job.series_id is None:
             raise StoreError(f"series {job.key} has no database id; index it first "
                              "(fracture-qi index --manifest M)")
+        n_instances = getattr(job, "n_instances", None)
         try:
             with session_scope(self.engine) as s:
+                current = self._current(s, int(job.series_id))
+                if current is not None and not grown(current.n_instances, n_instances):
+                    log.info("series %s already screened by %s %s; kept the existing row",
+                             job.series_id, self.model_id, self.model_version)
+                    return False
+                if current is not None:
+                    held = s.scalar(select(Series.n_instances).where(Series.id == job.series_id))
+                    if grown(n_instances, held):  # a job made before the series changed
+                        log.info("series %s changed while it was screened (%s instances, now "
+                                 "%s): result dropped, screening %d kept", job.series_id,
+                                 n_instances, held, current.id)
+                        return False
+                    log.info("series %s holds %s instances, screening %d saw %s: the new "
+                             "screening supersedes it (kept)", job.series_id, n_instances,
+                             current.id, current.n_instances)
                 row = Screening(
                     run_id=self.run_id, series_id=int(job.series_id), model_id=self.model_id,
                     model_version=self.model_version, status=res.status,
@@ -261,6 +303,8 @@ class DatabaseSink:
                     max_grade=int(res.max_grade or 0), n_vertebrae=res.n_vertebrae,
                     l1_hu=_float_or_none(res.l1_hu), bone_density_level=res.bone_density_level,
                     low_density=res.low_density, seconds=_float_or_none(res.seconds),
+                    n_instances=n_instances,
+                    supersedes_id=current.id if current is not None else None,
                 )
                 s.add(row)
                 for v in res.vertebrae:
@@ -286,8 +330,8 @@ class DatabaseSink:
                     else:
                         run.n_error = (run.n_error or 0) + 1
                     run.heartbeat_at = utcnow()
-        except IntegrityError as e:
-            if self._exists(int(job.series_id)):
+        except IntegrityError as e:  # another writer stored it first
+            if self._exists(int(job.series_id), n_instances):
                 log.info("series %s already screened by %s %s; kept the existing row",
                          job.series_id, self.model_id, self.model_version)
                 return False
@@ -430,8 +474,9 @@ def export_results(
 ) -> ExportSummary:
     """Write the database's screening results as ``studies.csv`` and ``vertebrae.csv``.
 
-    One row per indexed series (its screening by the chosen model where there is one, else
-    its index status and reason) and one per file the index could not use. Eligible series
+    One row per indexed series (its current screening by the chosen model where there is
+    one, else its index status and reason; a screening superseded after the series gained
+    instances is not exported) and one per file the index could not use. Eligible series
     not yet screened by the model are left out (and counted).
 
     Parameters
@@ -454,7 +499,13 @@ def export_results(
 
     from fracture_qi.screening.counting import resolve_model
     from fracture_qi.store.db import session_scope
-    from fracture_qi.store.schema import IndexProblem, Screening, Series, Study
+    from fracture_qi.store.schema import (
+        IndexProblem,
+        Screening,
+        Series,
+        Study,
+        screening_is_current,
+    )
 
     if not (model_id and model_version):
         ref = resolve_model(engine, model_id or None)
@@ -471,7 +522,8 @@ def export_results(
             screened: dict[int, Screening] = {}
             if model_id:
                 for row in s.scalars(select(Screening).where(
-                        Screening.model_id == model_id, Screening.model_version == model_version)):
+                        Screening.model_id == model_id, Screening.model_version == model_version,
+                        screening_is_current())):
                     screened[row.series_id] = row
             rows = s.execute(
                 select(Series, Study.study_instance_uid).join(Study, Series.study_id == Study.id)

@@ -85,11 +85,12 @@ def jobs_from_refs(refs: Iterable[Any]) -> list[SeriesJob]:
         folder = getattr(ref, "path", None) or getattr(ref, "folder", None)
         if not folder and paths:
             folder = str(Path(paths[0]).parent)
+        n = getattr(ref, "n_instances", None)
         jobs.append(SeriesJob(
             key=int(ref.series_id), series_id=int(ref.series_id),
             study_instance_uid=str(ref.study_instance_uid),
             series_instance_uid=str(ref.series_instance_uid),
-            paths=paths, path=str(folder or ""),
+            paths=paths, path=str(folder or ""), n_instances=None if n is None else int(n),
         ))
     return jobs
 

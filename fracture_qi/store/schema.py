@@ -27,8 +27,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    exists,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column, relationship
 
 
 def utcnow() -> dt.datetime:
@@ -178,7 +179,14 @@ class ScreeningRun(Base):
 
 
 class Screening(Base):
-    """The result of one model version on one series: once per (series, model, version)."""
+    """The result of one model version on one series, for the instances the series held.
+
+    Once per (series, model, version) and content: when the series gains instances after it
+    was screened (the rest of a study arriving late), it is screened again and the new row
+    ``supersedes`` the old one, which is kept (revision 0008). Only a screening that nothing
+    supersedes is *current* (:func:`screening_is_current`); rows form one chain per
+    (series, model, version): one first screening, each superseded at most once.
+    """
 
     __tablename__ = "screenings"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -199,11 +207,37 @@ class Screening(Base):
     keyimage_path: Mapped[str | None] = mapped_column(Text)
     seconds: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+    # instances of the series the model was given (the index's count when the job was made;
+    # None before revision 0008): a series that holds more now is screened again
+    n_instances: Mapped[int | None] = mapped_column(Integer)
+    # the earlier screening of the same series and model version this one replaces
+    supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("screenings.id"))
 
     findings: Mapped[list[VertebraFinding]] = relationship(back_populates="screening")
     __table_args__ = (
-        UniqueConstraint("series_id", "model_id", "model_version", name="uq_screening_once"),
+        # one first screening per (series, model, version); later ones supersede it
+        Index(
+            "uq_screening_once",
+            "series_id",
+            "model_id",
+            "model_version",
+            unique=True,
+            sqlite_where=supersedes_id.is_(None),
+            postgresql_where=supersedes_id.is_(None),
+        ),
+        UniqueConstraint("supersedes_id", name="uq_screening_supersedes_once"),
     )
+
+
+def screening_is_current() -> Any:
+    """SQL condition on :class:`Screening`: no later screening supersedes this one.
+
+    The current screening of a series by a model version is the one that counts
+    (:mod:`fracture_qi.screening.counting`), is sent to the PACS and is listed for nurses;
+    superseded ones are kept for the record.
+    """
+    newer = aliased(Screening)
+    return ~exists().where(newer.supersedes_id == Screening.id)
 
 
 class VertebraFinding(Base):
