@@ -106,7 +106,9 @@ def _check_database_exists(args: argparse.Namespace) -> None:
     with exit status 0 (see :mod:`fracture_qi.store.check`).
     """
     manifest = getattr(args, "manifest", None)
-    if not manifest or args.command in ("manifest", "synth") or getattr(args, "func", None) is None:
+    # manifest checks the database itself; synth writes one; pacs only talks to the PACS
+    if not manifest or args.command in ("manifest", "synth", "pacs") \
+            or getattr(args, "func", None) is None:
         return
     from fracture_qi.store.check import CREATING_COMMANDS
 
