@@ -31,6 +31,7 @@ everything here before Voila starts listening, so every app the suite serves get
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from tornado import web
 from traitlets import Integer
 from traitlets.config import Config
 
-from fracture_qi.serve import DEFAULT_MAX_KERNELS, ENV_TOKEN
+from fracture_qi.serve import DEFAULT_MAX_KERNELS, ENV_PARENT_PID, ENV_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -488,14 +489,58 @@ def voila_config(token: str | None) -> Config:
     return c
 
 
+#: how often (seconds) the server checks that the ``fracture-qi`` process that started it
+#: is still there
+PARENT_POLL_S = 1.0
+#: Linux prctl option: the signal this process gets when its parent ends
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Stop this server (SIGTERM to itself: Voila then shuts its kernels down) when the
+    ``fracture-qi`` process that started it is gone.
+
+    ``kill PID`` on the launcher stops the server through the launcher; this covers the
+    launcher dying without doing so (``kill -9``, the OOM killer, a closed terminal), which
+    left Voila holding the port: a nurse restarting on it got the old server, under the old
+    reviewer. On Linux the kernel sends the signal at once (``PR_SET_PDEATHSIG``); a thread
+    that polls the parent's pid covers the rest.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+    def poll() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:
+                log.warning("the fracture-qi process that started this server (pid %d) is "
+                            "gone: stopping", parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=poll, name="fqi-parent-watch", daemon=True).start()
+
+
 def launch(argv: Sequence[str]) -> None:
     """Run Voila with *argv* (its own options) and the suite's hardening.
 
     The token, if any, is read from (and removed from) the environment variable
     :data:`fracture_qi.serve.ENV_TOKEN`, so neither this process's command line nor the
-    kernels' environment carries it.
+    kernels' environment carries it. With :data:`fracture_qi.serve.ENV_PARENT_PID` set, the
+    server stops when that process is gone (:func:`watch_parent`).
     """
     token = os.environ.pop(ENV_TOKEN, None) or None
+    parent = os.environ.pop(ENV_PARENT_PID, "")
+    if parent.isdigit():
+        watch_parent(int(parent))
     harden_static_handlers()
     _patch_voila_write_message()
     from voila.app import Voila

@@ -59,10 +59,12 @@ def run(args: argparse.Namespace) -> int:
     from fracture_qi.errors import ConfigError
     from fracture_qi.manifest import read_manifest
     from fracture_qi.serve import (
+        DEFAULT_PORT,
         ENV_AUDIT,
         ENV_MANIFEST,
         ENV_REVIEWER,
         check_bind,
+        check_port,
         serve_notebook,
         token_from_args,
     )
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     token = token_from_args(args)
     check_bind(args.host, token)  # refuse an unsafe bind before any work
+    check_port(args.host, args.port or DEFAULT_PORT)  # before any work or any URL is printed
     if not args.manifest:
         raise ConfigError(
             "no manifest given. Fix: fracture-qi adjudicate --manifest path/to/data_manifest.yaml "

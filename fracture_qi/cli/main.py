@@ -119,7 +119,12 @@ def _check_database_exists(args: argparse.Namespace) -> None:
     from fracture_qi.manifest import read_manifest
     from fracture_qi.store.check import require_existing_database
 
-    m = read_manifest(manifest, verify=False)
+    from fracture_qi.errors import ManifestError
+
+    try:
+        m = read_manifest(manifest, verify=False)
+    except ManifestError:
+        return  # the command reports a bad manifest itself, after its own first checks
     require_existing_database(m.database_url, manifest=Path(m.path), command=args.command)
 
 
