@@ -243,6 +243,27 @@ def build_worklist(
     return summary
 
 
+def refresh_worklist(
+    engine: Engine,
+    settings: AdjudicationSettings | None = None,
+    *,
+    audit: str = DEFAULT_AUDIT,
+) -> WorklistSummary | None:
+    """Put newly screened studies on the worklist, as ``fracture-qi worklist`` would.
+
+    Called after ``fracture-qi screen --manifest``, by the listener, and when the
+    adjudication app opens or runs out of cases, so that nurses never see an empty worklist
+    because nobody ran a separate command. Sampling probabilities are recorded exactly as by
+    :func:`build_worklist` (it is that function). A failure is logged and ``None`` returned:
+    the caller's own work (a screening run, the app) goes on.
+    """
+    try:
+        return build_worklist(engine, audit=audit, settings=settings)
+    except Exception:  # noqa: BLE001 - refreshing is a courtesy; never break the caller
+        logger.warning("could not refresh worklist %r", audit, exc_info=True)
+        return None
+
+
 @dataclass(frozen=True)
 class Case:
     """One read of one worklist study that a reviewer may open.

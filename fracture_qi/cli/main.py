@@ -31,6 +31,9 @@ SUBCOMMANDS: dict[str, str] = {
     "dashboard": "dashboard",
     "pacs": "pacs",
     "listen": "listen",
+    "serve": "serve_team",
+    "users": "users",
+    "access-log": "access_log",
 }
 
 EPILOG = """\
