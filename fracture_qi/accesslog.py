@@ -222,6 +222,7 @@ def export_access_log(
     record_access(engine, username=by, role=role, action=AccessAction.EXPORT, client=client,
                   via=via, detail={"what": "access log", "rows": len(rows), **filters})
     df = pd.DataFrame(rows, columns=LOG_COLUMNS)
+    df["study_id"] = df["study_id"].astype("Int64")  # ids stay whole numbers beside blanks
     if not df.empty:
         df["at"] = pd.to_datetime(df["at"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     write_frame(df, out, index=False)

@@ -56,6 +56,11 @@ ENV_MANIFEST = "FRACTURE_QI_MANIFEST"
 ENV_REVIEWER = "FRACTURE_QI_REVIEWER"
 #: environment variable naming the audit (worklist) the adjudication app works on
 ENV_AUDIT = "FRACTURE_QI_AUDIT"
+#: environment variables the team server (``fracture-qi serve``) sets for each kernel: the
+#: signed-in user's role, the browser's address and the server, for the app and the access log
+ENV_ROLE = "FRACTURE_QI_ROLE"
+ENV_CLIENT = "FRACTURE_QI_CLIENT"
+ENV_VIA = "FRACTURE_QI_VIA"
 #: environment variable holding the access token: read by ``fracture-qi adjudicate/dashboard``
 #: (default of ``--token``) and the way the launcher hands the token to the server process,
 #: which removes it from its environment before kernels start

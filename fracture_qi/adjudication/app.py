@@ -247,12 +247,14 @@ class AdjudicationApp:
         self.window = W.ToggleButtons(options=list(WINDOWS), value="bone",
                                       style={"button_width": "90px"})
         self.slab = W.FloatSlider(value=4.0, min=0.0, max=float(MAX_SLAB_MM), step=1.0,
-                                  description="Slab (mm)", continuous_update=False)
+                                  description="Slab (mm)", continuous_update=False,
+                                  layout=W.Layout(width="320px"))
         self.offset = W.FloatSlider(value=DEFAULT_OFFSET_MM, min=-MAX_SLAB_MM / 2,
                                     max=MAX_SLAB_MM / 2, step=1.0, description="Left/right",
-                                    continuous_update=False)
+                                    continuous_update=False, layout=W.Layout(width="320px"))
         self.zoom = W.FloatSlider(value=DEFAULT_ZOOM, min=1.0, max=4.0, step=0.25,
-                                  description="Zoom", continuous_update=False)
+                                  description="Zoom", continuous_update=False,
+                                  layout=W.Layout(width="320px"))
         self.overlay = W.Checkbox(value=True, description="AI overlay", indent=False)
         self.overlay.add_class("fqi-overlay")
         self.level_view = W.Dropdown(options=[("-", "")], value="", description="Axial at")
@@ -342,6 +344,7 @@ class AdjudicationApp:
             W.HTML("<div class='fqi-section'>Decision</div>"), self.decision, self.na_reason,
             self.confirmed_box, W.HTML("<div class='fqi-section'>Note</div>"), self.note,
         ], layout=W.Layout(flex="1 1 auto", overflow="auto", min_height="0"))
+        fields.add_class("fqi-fields")
         actions = W.VBox([
             self.confirm_box, self.reveal_box,
             W.HBox([self.save_btn, self.skip_btn, self.next_btn],
@@ -358,6 +361,7 @@ class AdjudicationApp:
         viewer = W.VBox([self.sag, controls], layout=W.Layout(
             height="100%", overflow="auto", flex="0 1 auto"))
         viewer.add_class("fqi-panel")
+        viewer.add_class("fqi-viewer")
         middle = W.VBox([
             W.HTML("<div class='fqi-section'>Axial slice at the chosen level</div>"), self.axial,
             self.axial_note,
@@ -415,8 +419,8 @@ class AdjudicationApp:
         banner = ("<span class='fqi-banner'>SYNTHETIC DEMO DATA: not real patients; simulated "
                   "decisions are marked as such</span> " if self.synthetic else "")
         self.header.value = (
-            f"<h3>Fracture adjudication</h3>{banner}"
-            f"<div>Reviewer <b>{esc(self.reviewer or '(none)')}</b> &middot; audit "
+            f"<div><span class='fqi-title'>Fracture adjudication</span>{banner}"
+            f"Reviewer <b>{esc(self.reviewer or '(none)')}</b> &middot; audit "
             f"<b>{esc(self.audit)}</b> &middot; {done}</div>")
 
     def _enable_form(self, on: bool) -> None:

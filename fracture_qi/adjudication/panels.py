@@ -24,7 +24,8 @@ CSS = """
 <style>
 .fqi-app {font-family: system-ui, sans-serif; font-size: 14px; height: calc(100vh - 24px);
           box-sizing: border-box;}
-.fqi-app .fqi-top h3 {margin: 2px 0; font-size: 17px;}
+.fqi-app .fqi-title {font-size: 16px; font-weight: 700; margin-right: 6px;}
+.fqi-app .fqi-fields > * {flex-shrink: 0;}
 .fqi-banner {background:#fff3cd; border:1px solid #e0c36c; padding:2px 8px; border-radius:4px;}
 .fqi-status-ok {color:#11642a; font-weight:600;}
 .fqi-status-error {color:#a40e26; font-weight:600;}
