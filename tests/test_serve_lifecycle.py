@@ -123,3 +123,43 @@ def test_a_second_server_on_a_busy_port_exits_2_before_printing_an_address(site,
     assert f"port {port} in use: another fracture-qi server?" in r.stderr
     assert f":{port}" not in r.stdout and "serving" not in r.stderr and "Voil" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_the_team_server_stops_cleanly_and_refuses_a_busy_port(site, tmp_path):
+    """The same for ``fracture-qi serve``; and without any account it does not start."""
+    from fracture_qi.accounts import add_user
+    from fracture_qi.store import open_store
+
+    port = free_port()
+    r = subprocess.run([sys.executable, "-m", "fracture_qi", "serve", "--manifest", str(site),
+                        "--port", str(port), "--no-warm"],
+                       capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 2 and "no accounts yet" in r.stderr, r.stderr
+    engine = open_store(str(site))
+    add_user(engine, "nurse.first", "nurse", "correct horse battery staple", by="test")
+    engine.dispose()
+    log = tmp_path / "serve.log"
+    out = open(log, "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "fracture_qi", "serve", "--manifest",
+                             str(site), "--port", str(port), "--no-warm"],
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "the team server is at" not in log.read_text(errors="replace"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert listening(port)
+        busy = subprocess.run([sys.executable, "-m", "fracture_qi", "serve", "--manifest",
+                               str(site), "--port", str(port), "--no-warm"],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert busy.returncode == 2
+        assert f"port {port} in use: another fracture-qi server?" in busy.stderr
+        assert "team server is at" not in busy.stderr
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert not gone(tree, timeout=40) and not listening(port)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
