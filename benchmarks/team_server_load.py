@@ -22,10 +22,11 @@ widget messages the page would send.
   next case (the status line says "Saved ... Case opened"). An audit-sample case is saved as
   a blind read and then needs "Next case" pressed: that wait is timed the same way.
 * A **dashboard viewer** opens the dashboard, keeps it open ``--hold-seconds``, closes it (as
-  the browser does: the websocket closes, the kernel is shut down) and opens it again. *First
-  render after the kernel is up* is from the first byte of the page (Voila sends the page's
-  head once the kernel has started) to the widget states arriving over the websocket (what
-  the page needs to draw the tiles and charts).
+  the browser does: the websocket closes, the kernel is shut down) and opens it again. *Kernel
+  up* is when the page's first code cell arrives (Voila streams each cell as the kernel
+  finishes it, and the first is the parameters cell: it arrives as soon as the kernel
+  answers); *first render after the kernel is up* is from then to the widget states arriving
+  over the websocket (what the page needs to draw the tiles and charts).
 
 At the end every decision a nurse saw acknowledged ("Saved (decision #N") must be in the
 database under her name (none lost, none twice), and the server log must hold no traceback.
@@ -79,13 +80,18 @@ def sign_in(url: str, user: str) -> requests.Session:
     return s
 
 
-def _pack(comm_id: str, data: dict[str, Any], msg_type: str = "comm_msg") -> bytes:
+#: ipywidgets 8: the control comm speaks version 1.0.0, widget models 2.1.0
+CONTROL_VERSION, WIDGET_VERSION = "1.0.0", "2.1.0"
+
+
+def _pack(comm_id: str, data: dict[str, Any], msg_type: str = "comm_msg",
+          version: str = WIDGET_VERSION) -> bytes:
     hdr = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "username": "load",
            "session": uuid.uuid4().hex, "date": "", "version": "5.3"}
     content = {"comm_id": comm_id, "data": data}
     if msg_type == "comm_open":
         content["target_name"] = "jupyter.widget.control"
-    parts = [json.dumps(x).encode() for x in (hdr, {}, {"version": "2.1.0"}, content)]
+    parts = [json.dumps(x).encode() for x in (hdr, {}, {"version": version}, content)]
     ch = b"shell"
     offsets = [8 * (1 + 1 + len(parts) + 1)]
     offsets.append(offsets[-1] + len(ch))
@@ -112,10 +118,14 @@ class AppPage:
         self.url, self.session = url, session
         t0 = time.perf_counter()
         r = session.get(url + f"app/{app}", stream=True, timeout=600)
-        chunks = r.iter_content(chunk_size=None)
-        first = next(chunks, b"")
-        self.ttfb = time.perf_counter() - t0
-        body = first + b"".join(chunks)
+        body = b""
+        self.ttfb = float("nan")
+        for chunk in r.iter_content(chunk_size=None):
+            body += chunk
+            # Voila sends each cell as the kernel finishes it: the first code cell (the
+            # parameters) arrives as soon as the kernel is up and answering
+            if self.ttfb != self.ttfb and b"jp-CodeCell" in body:
+                self.ttfb = time.perf_counter() - t0
         self.page_s = time.perf_counter() - t0
         if r.status_code != 200:
             raise RuntimeError(f"{app}: the page answered {r.status_code} {r.reason}")
@@ -133,11 +143,12 @@ class AppPage:
         self.models: dict[str, dict[str, Any]] = {}
         self.by_class: dict[str, str] = {}
         control = uuid.uuid4().hex
-        self.ws.send_binary(_pack(control, {}, "comm_open"))
-        self.ws.send_binary(_pack(control, {"method": "request_states"}))
+        self.ws.send_binary(_pack(control, {}, "comm_open", CONTROL_VERSION))
+        self.ws.send_binary(_pack(control, {"method": "request_states"},
+                                  version=CONTROL_VERSION))
         t1 = time.perf_counter()
         self.wait(lambda msg: msg["content"].get("data", {}).get("method") == "update_states",
-                  600)
+                  180)
         self.states_s = time.perf_counter() - t1
         self.first_render_s = time.perf_counter() - t0 - self.ttfb
 

@@ -75,6 +75,12 @@ DEFAULT_PORT = 8866
 #: environment variable naming the ``fracture-qi`` process that supervises a server: the
 #: server stops itself (and its kernels) when that process is gone, even after ``kill -9``
 ENV_PARENT_PID = "FRACTURE_QI_PARENT_PID"
+#: how a server talks to its kernels: Unix sockets in the server's private (0700) connection
+#: folder where the system has them. Over TCP, kernels started together could be handed the
+#: same free port by jupyter_client and die ("Address already in use": one in 34 page loads
+#: of the team-server load test), and any local user could reach the kernels' ports
+KERNEL_TRANSPORT_ARGS: tuple[str, ...] = (
+    ("--KernelManager.transport=ipc",) if os.name == "posix" else ())
 #: seconds a server gets to shut its kernels down after SIGTERM before it and they are killed
 STOP_TIMEOUT_S = 20.0
 #: seconds a server may take to start listening before the launcher gives up on it
@@ -282,6 +288,7 @@ def voila_command(
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         "--MappingKernelManager.cull_connected=False",
         f"--CappedKernelManager.max_kernels={int(max_kernels)}",
+        *KERNEL_TRANSPORT_ARGS,
         # an empty list cannot be written as a command-line list; a pattern that matches no
         # path (a NUL byte never occurs in a URL path) keeps /voila/files/ closed
         *(

@@ -22,6 +22,7 @@ from fracture_qi.serve import (
     ENV_AUDIT,
     ENV_MANIFEST,
     ENV_PARENT_PID,
+    KERNEL_TRANSPORT_ARGS,
     is_loopback,
     server_env,
 )
@@ -101,6 +102,7 @@ def team_command(settings: TeamSettings) -> list[str]:
         "--MappingKernelManager.cull_connected=False",
         f"--CappedKernelManager.max_kernels={int(s.max_kernels)}",
         f"--TeamKernelManager.max_kernels_per_user={int(s.max_kernels_per_user)}",
+        *KERNEL_TRANSPORT_ARGS,
         f"--TeamIdentityProvider.session_hours={float(s.session_hours)}",
         f"--TeamIdentityProvider.sign_on_header={s.sign_on_header}",
         f"--TeamVoila.behind_proxy={bool(s.behind_proxy)}",
