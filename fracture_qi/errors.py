@@ -166,3 +166,26 @@ class DisclosureError(ReportError):
 
 class OptionalDependencyError(FractureQIError):
     """Raised when a feature needs a package that is not installed."""
+
+
+class AccountError(FractureQIError):
+    """Raised when an account cannot be created or changed (unknown user, weak password...)."""
+
+
+class SignInError(FractureQIError):
+    """Raised when a sign-in is refused.
+
+    The message is the same whatever the reason (unknown user, wrong password, disabled
+    account, too many tries), so that it tells a guesser nothing; ``reason`` says which, for
+    the access log.
+
+    Attributes
+    ----------
+    reason
+        ``unknown_user``, ``wrong_password``, ``disabled``, ``no_password`` or ``locked``.
+    """
+
+    def __init__(self, reason: str, message: str = "") -> None:
+        self.reason = reason
+        super().__init__(message or "Sign-in failed: check your user name and password. "
+                         "After five failed tries, wait five minutes.")

@@ -555,6 +555,10 @@ class Manifest(_Strict):
             raise ValueError(
                 "must not carry a password; set FRACTURE_QI_DATABASE in the environment instead"
             )
+        if not u.drivername.startswith(("sqlite", "postgres")):
+            raise ValueError(
+                f"{u.drivername!r} databases are not supported; use sqlite:///file.db or "
+                "postgresql://user@host/db (postgres:// is read as PostgreSQL)")
         return v
 
     @model_validator(mode="before")
@@ -854,6 +858,55 @@ def _file_inputs(m: Manifest) -> list[tuple[str, Path, str | None]]:
     return out
 
 
+def secret_references(m: Manifest) -> list[tuple[str, str]]:
+    """``(field, reference)`` of every ``env:NAME`` / ``file:PATH`` secret the site names.
+
+    The pseudonymisation key is given as the reference in force (``FRACTURE_QI_KEY_FILE``
+    wins over the manifest).
+    """
+    out: list[tuple[str, str]] = [("pseudonymisation_key", m.key_spec())]
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, str) and where != "pseudonymisation_key" \
+                and _SECRET_REF.match(value):
+            out.append((where, value))
+
+    walk(m.model_dump(mode="json"), "")
+    return out
+
+
+def missing_secrets(m: Manifest) -> list[str]:
+    """One line per secret the site needs but that cannot be read now (unset, unreadable).
+
+    A synthetic cohort without its key is not reported: it uses the public demo key.
+
+    Examples
+    --------
+    >>> import os
+    >>> os.environ.pop("FQI_DOCTEST_UNSET", None)
+    >>> m = read_manifest_text("version: 1\\npseudonymisation_key: env:FQI_DOCTEST_UNSET\\n", ".")
+    >>> missing_secrets(m)  # doctest: +ELLIPSIS
+    ['pseudonymisation_key: env:FQI_DOCTEST_UNSET: the environment variable is not set. Fix: export FQI_DOCTEST_UNSET=... before running...']
+    """
+    problems: list[str] = []
+    for field, ref in secret_references(m):
+        if field == "pseudonymisation_key" and m.synthetic:
+            continue
+        try:
+            read_secret_ref(ref, base=m.base)
+        except ManifestError as e:
+            problems.append(f"{field}: {ref}: {e.problem}. Fix: {e.fix}"
+                            + (" (a secret the site needs; docs/manifest.md)"
+                               if field == "pseudonymisation_key" else ""))
+    return problems
+
+
 def verify_inputs(m: Manifest) -> None:
     """Check that every declared input exists and every declared sha256 still matches.
 
@@ -1049,8 +1102,10 @@ __all__ = [
     "parse_manifest",
     "read_manifest",
     "read_manifest_text",
+    "missing_secrets",
     "read_secret_ref",
     "rehash",
+    "secret_references",
     "sha256_file",
     "verify_inputs",
 ]

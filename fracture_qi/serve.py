@@ -32,14 +32,17 @@ of the server process (:func:`start_notebook_server`).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,11 @@ ENV_MANIFEST = "FRACTURE_QI_MANIFEST"
 ENV_REVIEWER = "FRACTURE_QI_REVIEWER"
 #: environment variable naming the audit (worklist) the adjudication app works on
 ENV_AUDIT = "FRACTURE_QI_AUDIT"
+#: environment variables the team server (``fracture-qi serve``) sets for each kernel: the
+#: signed-in user's role, the browser's address and the server, for the app and the access log
+ENV_ROLE = "FRACTURE_QI_ROLE"
+ENV_CLIENT = "FRACTURE_QI_CLIENT"
+ENV_VIA = "FRACTURE_QI_VIA"
 #: environment variable holding the access token: read by ``fracture-qi adjudicate/dashboard``
 #: (default of ``--token``) and the way the launcher hands the token to the server process,
 #: which removes it from its environment before kernels start
@@ -64,6 +72,19 @@ DEFAULT_CULL_IDLE_TIMEOUT_S = 600
 DEFAULT_CULL_INTERVAL_S = 60
 #: the port the apps use when none is given (Voila's own default)
 DEFAULT_PORT = 8866
+#: environment variable naming the ``fracture-qi`` process that supervises a server: the
+#: server stops itself (and its kernels) when that process is gone, even after ``kill -9``
+ENV_PARENT_PID = "FRACTURE_QI_PARENT_PID"
+#: how a server talks to its kernels: Unix sockets in the server's private (0700) connection
+#: folder where the system has them. Over TCP, kernels started together could be handed the
+#: same free port by jupyter_client and die ("Address already in use": one in 34 page loads
+#: of the team-server load test), and any local user could reach the kernels' ports
+KERNEL_TRANSPORT_ARGS: tuple[str, ...] = (
+    ("--KernelManager.transport=ipc",) if os.name == "posix" else ())
+#: seconds a server gets to shut its kernels down after SIGTERM before it and they are killed
+STOP_TIMEOUT_S = 20.0
+#: seconds a server may take to start listening before the launcher gives up on it
+START_TIMEOUT_S = 120.0
 #: kernels (open pages) one server runs at once by default. A page of the adjudication app
 #: holds about 200 MB (12 kernels took 2.5 GB in the issue-21 probe), so 8 stay under 2 GB
 #: while leaving a nurse or a QI lead several tabs. Sites change it with --max-kernels.
@@ -267,6 +288,7 @@ def voila_command(
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         "--MappingKernelManager.cull_connected=False",
         f"--CappedKernelManager.max_kernels={int(max_kernels)}",
+        *KERNEL_TRANSPORT_ARGS,
         # an empty list cannot be written as a command-line list; a pattern that matches no
         # path (a NUL byte never occurs in a URL path) keeps /voila/files/ closed
         *(
@@ -375,6 +397,159 @@ def start_notebook_server(
     return proc, app_url(host, port, token)
 
 
+class PortInUseError(ConfigError):
+    """Raised when the port a server should listen on is taken (exit status 2)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        super().__init__(
+            f"port {port} in use: another fracture-qi server? Fix: stop that server, or give "
+            "another port with --port")
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether *port* on *host* cannot be bound now (as the server would bind it).
+
+    ``SO_REUSEADDR`` is set as tornado sets it, so a port left in TIME_WAIT by a server that
+    just stopped counts as free.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        if os.name == "posix":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken, before anything is started or printed.
+
+    Raises
+    ------
+    PortInUseError
+        ``port P in use: another fracture-qi server?`` with the fix.
+    """
+    if port_in_use(host, port):
+        raise PortInUseError(host, port)
+
+
+def _listening(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = "::1" if family == socket.AF_INET6 and not is_loopback(host) else host
+    if not is_loopback(host) and family == socket.AF_INET:
+        probe = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    try:
+        with socket.create_connection((probe.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[Any]:
+    """The processes started by *pid* (its kernels), as :mod:`psutil` handles."""
+    import psutil
+
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_S) -> int:
+    """Stop a server and every process it started; return its exit status.
+
+    SIGTERM first (Voila shuts its kernels down cleanly), SIGKILL after *timeout*; then any
+    process it started that is still alive (a kernel it could not stop) is ended too, so
+    nothing is left holding the port or a patient's data in memory.
+    """
+    import psutil
+
+    kids = _descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            logger.warning("the server did not stop within %.0f s: killing it and its kernels",
+                           timeout)
+            kids += _descendants(proc.pid)
+            proc.kill()
+            proc.wait(timeout=10)
+    left = [k for k in kids if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
+    for k in left:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _, alive = psutil.wait_procs(left, timeout=3)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    return proc.returncode if proc.returncode is not None else 0
+
+
+def supervise(
+    proc: subprocess.Popen[bytes],
+    *,
+    host: str,
+    port: int,
+    announce: Callable[[], None] | None = None,
+    start_timeout: float = START_TIMEOUT_S,
+    stop_timeout: float = STOP_TIMEOUT_S,
+) -> int:
+    """Wait until a server listens, *announce* it, then keep it until Ctrl-C or SIGTERM.
+
+    The address is announced only once the server listens on *host*:*port* (a server that
+    fails to start never prints a URL). Ctrl-C or SIGTERM stops the server and everything
+    it started (:func:`stop_server`); a second Ctrl-C kills them at once. The server itself
+    watches this process (:data:`ENV_PARENT_PID`) and stops when it is gone, ``kill -9``
+    included.
+
+    Returns
+    -------
+    int
+        0 after Ctrl-C/SIGTERM; the server's status if it ended by itself (2 if it never
+        listened).
+    """
+    state = {"stopping": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if state["stopping"]:  # a second Ctrl-C: no more waiting
+            with contextlib.suppress(OSError):
+                for k in _descendants(proc.pid):
+                    k.kill()
+                proc.kill()
+            return
+        state["stopping"] = True
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        deadline = time.monotonic() + start_timeout
+        while not _listening(host, port):
+            if proc.poll() is not None:
+                raise ConfigError(
+                    f"the server for port {port} stopped before it listened (exit status "
+                    f"{proc.returncode}); the reason is in its log above")
+            if time.monotonic() > deadline:
+                stop_server(proc, stop_timeout)
+                raise ConfigError(f"the server did not listen on port {port} within "
+                                  f"{start_timeout:.0f} s. Fix: look at its log above")
+            time.sleep(0.2)
+        if announce is not None:
+            announce()
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop_server(proc, stop_timeout)
+        return 0
+    finally:
+        if proc.poll() is None:  # an error above: never leave the server behind
+            stop_server(proc, stop_timeout)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 #: Voila options that keep one kernel pre-heated (notebook already executed) for the next
 #: visitor: page open drops from ~9-18 s to ~4-5 s on 2 cores, but that page shows the data
 #: as of the moment its kernel started, so it is opt-in (``fracture-qi dashboard --preheat``).
@@ -429,44 +604,34 @@ def serve_notebook(
     Raises
     ------
     ConfigError
-        Unsafe bind, missing notebook.
+        Unsafe bind, missing notebook, a server that stopped before it listened.
+    PortInUseError
+        The port is taken (checked before anything starts or is printed).
     """
-    import signal
-
     port = port or DEFAULT_PORT
+    check_port(host, port)  # before anything starts or any address is printed
     proc, _ = start_notebook_server(
         notebook,
         port=port,
         host=host,
         token=token,
-        env=env,
+        env={**(env or {}), ENV_PARENT_PID: str(os.getpid())},
         cull_idle_timeout=cull_idle_timeout,
         cull_interval=cull_interval,
         max_kernels=max_kernels,
         extra_args=extra_args,
+        start_new_session=True,  # Ctrl-C reaches this process, which stops the server
     )
-    logger.warning("serving %s at %s (Ctrl-C to stop)", Path(notebook).name,
-                   display_url(host, port, token))
-    if open_browser:
-        import webbrowser  # only for interactive use
 
-        webbrowser.open(app_url(host, port))
+    def announce() -> None:
+        logger.warning("serving %s at %s (Ctrl-C to stop)", Path(notebook).name,
+                       display_url(host, port, token))
+        if open_browser:
+            import webbrowser  # only for interactive use
 
-    def stop(*_: object) -> None:
-        raise KeyboardInterrupt
+            webbrowser.open(app_url(host, port))
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()  # Voila shuts its kernels down on SIGTERM
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return supervise(proc, host=host, port=port, announce=announce)
 
 
 if __name__ == "__main__":  # the launcher moved to fracture_qi.voila_guard; kept for old scripts

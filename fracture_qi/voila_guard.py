@@ -31,6 +31,7 @@ everything here before Voila starts listening, so every app the suite serves get
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ from tornado import web
 from traitlets import Integer
 from traitlets.config import Config
 
-from fracture_qi.serve import DEFAULT_MAX_KERNELS, ENV_TOKEN
+from fracture_qi.serve import DEFAULT_MAX_KERNELS, ENV_PARENT_PID, ENV_TOKEN
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ MAX_FRAME_PARTS = 1024
 #: 5-60 s and its browser connects right after; one idle that long with nobody connected was
 #: abandoned)
 RECLAIM_IDLE_S = 60
+#: seconds a kernel no browser ever connected to may sit idle before it is shut down: a page
+#: fetched without running its JavaScript (curl, a health check, a link preview) otherwise
+#: left a 115-165 MB kernel for the whole cull_idle_timeout (10 minutes). A browser connects
+#: within seconds of the page arriving; the check runs at every culler pass (cull_interval)
+UNCONNECTED_REAP_S = 60
 #: what the browser shows in place of an error message from the kernel (``{ref}``: reference)
 PUBLIC_ERROR_TEXT = (
     "Something went wrong on the server (reference {ref}). Nothing you saved was lost. "
@@ -309,7 +315,7 @@ class GuardedWebsocketConnection(ZMQChannelsWebsocketConnection):  # type: ignor
         return [*idents, DELIM, signature, rest[1], rest[2], rest[3], new_content, *rest[5:]]
 
 
-def _patch_voila_write_message() -> None:
+def patch_voila_write_message() -> None:
     """Make Voila's websocket handler read outgoing headers by the connection's protocol."""
     from voila.tornado import kernel_websocket_handler as kwh
 
@@ -359,6 +365,33 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._fqi_starting = 0
+        self._fqi_connected: set[str] = set()  # kernels a browser has connected to
+
+    def notify_connect(self, kernel_id: str) -> None:
+        """Remember that a browser connected (see :meth:`cull_kernels`)."""
+        super().notify_connect(kernel_id)
+        self._fqi_connected.add(kernel_id)
+
+    async def cull_kernels(self) -> None:
+        """Jupyter's idle culling, then shut down kernels no browser ever connected to that
+        have been idle over :data:`UNCONNECTED_REAP_S` (pages fetched by curl and the like)."""
+        await super().cull_kernels()
+        from jupyter_server._tz import utcnow
+
+        now = utcnow()
+        for kid in list(self.list_kernel_ids()):
+            if kid in self._fqi_connected or self._kernel_connections.get(kid, 0):
+                continue
+            try:
+                kernel = self.get_kernel(kid)
+            except KeyError:
+                continue
+            idle_s = (now - kernel.last_activity).total_seconds()
+            if getattr(kernel, "execution_state", "") == "idle" and idle_s > UNCONNECTED_REAP_S:
+                self.log.info("shutting down kernel %s: no browser ever connected to it (a page "
+                              "fetched without its JavaScript), idle %.0f s", kid, idle_s)
+                await self.shutdown_kernel(kid)
+        self._fqi_connected &= set(self.list_kernel_ids())
 
     async def _async_start_kernel(self, *, kernel_id: str | None = None, **kwargs: Any) -> str:
         if kernel_id is not None and kernel_id in self:
@@ -488,16 +521,60 @@ def voila_config(token: str | None) -> Config:
     return c
 
 
+#: how often (seconds) the server checks that the ``fracture-qi`` process that started it
+#: is still there
+PARENT_POLL_S = 1.0
+#: Linux prctl option: the signal this process gets when its parent ends
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Stop this server (SIGTERM to itself: Voila then shuts its kernels down) when the
+    ``fracture-qi`` process that started it is gone.
+
+    ``kill PID`` on the launcher stops the server through the launcher; this covers the
+    launcher dying without doing so (``kill -9``, the OOM killer, a closed terminal), which
+    left Voila holding the port: a nurse restarting on it got the old server, under the old
+    reviewer. On Linux the kernel sends the signal at once (``PR_SET_PDEATHSIG``); a thread
+    that polls the parent's pid covers the rest.
+    """
+    import signal
+    import threading
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+    def poll() -> None:
+        import time
+
+        while True:
+            if os.getppid() != parent_pid:
+                log.warning("the fracture-qi process that started this server (pid %d) is "
+                            "gone: stopping", parent_pid)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(PARENT_POLL_S)
+
+    threading.Thread(target=poll, name="fqi-parent-watch", daemon=True).start()
+
+
 def launch(argv: Sequence[str]) -> None:
     """Run Voila with *argv* (its own options) and the suite's hardening.
 
     The token, if any, is read from (and removed from) the environment variable
     :data:`fracture_qi.serve.ENV_TOKEN`, so neither this process's command line nor the
-    kernels' environment carries it.
+    kernels' environment carries it. With :data:`fracture_qi.serve.ENV_PARENT_PID` set, the
+    server stops when that process is gone (:func:`watch_parent`).
     """
     token = os.environ.pop(ENV_TOKEN, None) or None
+    parent = os.environ.pop(ENV_PARENT_PID, "")
+    if parent.isdigit():
+        watch_parent(int(parent))
     harden_static_handlers()
-    _patch_voila_write_message()
+    patch_voila_write_message()
     from voila.app import Voila
 
     sys.argv = ["voila", *argv]
@@ -516,8 +593,10 @@ __all__ = [
     "launch",
     "legacy_binary_message",
     "outgoing_header",
+    "patch_voila_write_message",
     "v1_parts",
     "voila_config",
+    "watch_parent",
 ]
 
 

@@ -79,9 +79,14 @@ def test_invalid_form_is_refused_with_field_names(world):
     app.decision.value = "confirmed"  # one empty level row, nothing else
     assert app.save() is None
     msg = app.status.value
-    assert "Not saved" in msg and "action" in msg and "previously known" in msg
+    # named the way the form asks (issue 18: "previously known: choose none, reported or
+    # known_fls; vertebra 1 grade: Input should be greater than or equal to 1")
+    assert "Not saved" in msg and "What happens next?: choose an action" in msg
+    assert "Was it already known?: choose one answer" in msg
+    assert "Vertebra 1: choose its level" in msg and "Vertebra 1: choose its grade" in msg
+    assert "known_fls" not in msg and "Input should" not in msg
     app.decision.value = "not_assessable"
-    assert app.save() is None and "reason" in app.status.value
+    assert app.save() is None and "Reason box" in app.status.value
     assert latest_decisions(engine).empty
 
 

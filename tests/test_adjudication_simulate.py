@@ -71,3 +71,28 @@ def test_simulation_refuses_unmarked_reviewer_and_missing_truth(tmp_path):
         simulate_adjudications(engine, tmp_path, reviewer="nurse-a")
     with pytest.raises(AdjudicationError, match="truth"):
         simulate_adjudications(engine, tmp_path / "nowhere")
+
+
+def test_the_demo_leaves_cases_unread_for_a_new_reviewer(tmp_path):
+    """Issue 18: a new nurse following the README on the demo saw "8 of 8 reads done, no
+    cases left": the simulated nurse had read every case."""
+    from fracture_qi.adjudication.app import AdjudicationApp
+    from fracture_qi.adjudication.simulate import DEMO_UNREAD_SHARE
+
+    engine = fresh_engine(tmp_path)
+    seed_cases(engine, n=12, flagged=[i % 3 == 0 for i in range(12)])
+    settings = AdjudicationSettings(audit_negative_rate=0.5, double_read_rate=0.0)
+    build_worklist(engine, settings=settings)
+    truth = write_truth(engine, tmp_path / "truth")
+    summary = simulate_adjudications(engine, truth, unread_share=DEMO_UNREAD_SHARE,
+                                     now=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    assert summary.n_left_unread >= 2 and summary.n_events > 0
+    app = AdjudicationApp(engine, "nurse.new", settings=settings, prefetch=False)
+    app.start()
+    assert app.case is not None, app.status.value
+    strata, seen = set(), set()
+    while app.case is not None and app.case.key not in seen:  # once round the waiting cases
+        seen.add(app.case.key)
+        strata.add(app.case.stratum)
+        app.skip()
+    assert strata == {"flagged", "audit_negative"}  # both kinds wait for her

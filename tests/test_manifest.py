@@ -211,9 +211,14 @@ def test_environment_overrides_database(cohort, monkeypatch):
         settings()
 
 
-def test_cli_manifest_check(cohort, capsys):
+def test_cli_manifest_check(cohort, capsys, monkeypatch):
+    monkeypatch.setenv("PACS_PASSWORD", "not-a-real-one")
+    from fracture_qi.store import open_store
+
+    open_store(f"sqlite:///{cohort / 'fracture_qi.db'}").dispose()
     assert main(["manifest", "--manifest", str(write(cohort))]) == 0
-    assert "valid" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "valid" in out and "schema" in out and "current" in out
     assert main(["manifest", "--manifest", str(write(cohort, lease_minutes="lease_minute"))]) == 2
     err = capsys.readouterr().err
     assert "adjudication.lease_minute" in err and "Fix:" in err
@@ -257,3 +262,53 @@ def test_an_fls_database_password_in_the_manifest_is_not_printed(tmp_path):
         read_manifest_text(text, tmp_path)
     assert info.value.field == "fls_records[0].url" and SECRET_VALUE not in str(info.value)
     assert "fls:***@fls-db" in str(info.value)
+
+
+def test_manifest_check_refuses_a_database_file_that_does_not_exist(cohort, capsys, monkeypatch):
+    """Issue 18, item 8: a typo in the SQLite name passed the check and then created an empty
+    database ("screened studies considered 0", exit 0) in every command."""
+    monkeypatch.setenv("PACS_PASSWORD", "not-a-real-one")
+    from fracture_qi.store import open_store
+
+    open_store(f"sqlite:///{cohort / 'fracture_qi.db'}").dispose()
+    typo = write(cohort, **{"sqlite:///fracture_qi.db": "sqlite:///fracture_qi.bd"})
+    assert main(["manifest", "--manifest", str(typo)]) == 2
+    err = capsys.readouterr().err
+    assert "fracture_qi.bd does not exist" in err and "did you mean fracture_qi.db" in err
+    assert "fracture-qi index" in err and err.count("\n") == 1
+    for command in (["worklist"], ["export", "--out", str(cohort / "out")], ["dashboard"]):
+        assert main([command[0], "--manifest", str(typo), *command[1:]]) == 2, command
+        err = capsys.readouterr().err
+        assert "does not exist" in err and "Traceback" not in err
+    assert not (cohort / "fracture_qi.bd").exists()
+
+
+def test_manifest_check_reads_postgres_urls_and_reports_a_down_server_in_one_line(
+        cohort, capsys, monkeypatch):
+    """Issue 18, item 8: postgres://... passed the check, then died with a traceback."""
+    monkeypatch.setenv("PACS_PASSWORD", "not-a-real-one")
+    path = write(cohort, **{"sqlite:///fracture_qi.db": "postgres://fqi@127.0.0.1:9/fqi"})
+    assert read_manifest(path).database_url == "postgresql+psycopg://fqi@127.0.0.1:9/fqi"
+    assert main(["manifest", "--manifest", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "127.0.0.1" in err and "Fix:" in err and "Traceback" not in err
+    assert main(["worklist", "--manifest", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "NoSuchModuleError" not in err and "Traceback" not in err and "Fix:" in err
+    other = write(cohort, **{"sqlite:///fracture_qi.db": "mysql://fqi@127.0.0.1/fqi"})
+    assert main(["manifest", "--manifest", str(other)]) == 2
+    assert "postgresql://" in capsys.readouterr().err
+
+
+def test_manifest_check_reports_every_secret_the_site_has_not_set(cohort, capsys, monkeypatch):
+    """Issue 18, item 8: a key the site needs but has not set is reported by the check."""
+    monkeypatch.delenv("PACS_PASSWORD", raising=False)
+    monkeypatch.delenv("FQI_TEST_KEY", raising=False)
+    monkeypatch.delenv("FRACTURE_QI_KEY_FILE", raising=False)
+    path = write(cohort, synthetic="false")
+    assert main(["manifest", "--manifest", str(path), "--no-database"]) == 2
+    err = capsys.readouterr().err
+    assert "2 secret(s)" in err and "FQI_TEST_KEY" in err and "PACS_PASSWORD" in err
+    monkeypatch.setenv("FQI_TEST_KEY", "k" * 32)
+    monkeypatch.setenv("PACS_PASSWORD", "p")
+    assert main(["manifest", "--manifest", str(path), "--no-database"]) == 0

@@ -432,3 +432,49 @@ def test_sqlite_supersede_downgrade_and_upgrade_keep_rows(tmp_path):
     assert upgrade(engine) == head_revision()
     assert _snapshot(engine) == before
     assert schema_differences(engine) == []
+
+
+# --------------------------------------------------------------------------------------------
+# the access log is append-only in the database too (issue 18, item 3)
+# --------------------------------------------------------------------------------------------
+def _assert_access_log_append_only(engine: sa.Engine) -> None:
+    from fracture_qi.accesslog import read_access_log, record_access
+
+    record_access(engine, username="nurse.a", action="case_opened", study_id=1,
+                  patient_key="k", client="10.0.0.1", via="team server")
+    record_access(engine, username="nurse.a", action="decision_saved", study_id=1)
+    before = read_access_log(engine)
+    pg = engine.dialect.name == "postgresql"
+    verbs = [
+        "UPDATE access_events SET username = 'someone.else'",
+        "DELETE FROM access_events WHERE action = 'case_opened'",
+        ("INSERT INTO access_events (id, at, username, action) VALUES (1, now(), 'x', 'sign_in') "
+         "ON CONFLICT (id) DO UPDATE SET username = 'x'") if pg else
+        ("INSERT OR REPLACE INTO access_events (id, at, username, action) "
+         "VALUES (1, '2026-01-01 00:00:00', 'x', 'sign_in')"),
+    ]
+    if pg:
+        verbs.append("TRUNCATE access_events")
+    else:
+        verbs.append("REPLACE INTO access_events (id, at, username, action) "
+                     "VALUES (2, '2026-01-01 00:00:00', 'x', 'sign_in')")
+    for sql in verbs:
+        with pytest.raises(DBAPIError, match="access_events is append-only"), \
+                engine.begin() as conn:
+            conn.execute(sa.text(sql))
+    assert read_access_log(engine) == before
+    record_access(engine, username="nurse.b", action="case_opened", study_id=2)  # appends work
+    assert len(read_access_log(engine)) == 3
+
+
+def test_sqlite_access_log_refuses_update_delete_and_replace(tmp_path):
+    engine = open_store(f"sqlite:///{tmp_path / 'log.db'}")
+    _assert_access_log_append_only(engine)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_access_log_refuses_update_delete_upsert_and_truncate(fresh_postgres_url):
+    engine = open_store(fresh_postgres_url)
+    _assert_access_log_append_only(engine)
+    engine.dispose()

@@ -306,7 +306,8 @@ def _same_content(ev: AdjudicationEvent, d: DecisionInput, reviewer: str,
 
 def _insert(session: Session, d: DecisionInput, reviewer: str, app_version: str,
             supersedes: int | None, simulated: bool,
-            recorded_at: dt.datetime | None = None) -> AdjudicationEvent:
+            recorded_at: dt.datetime | None = None,
+            blind: bool | None = None) -> AdjudicationEvent:
     """Checks that need the database, then the INSERT; runs inside one transaction."""
     prior = session.scalar(select(AdjudicationEvent).where(AdjudicationEvent.event_uid == d.event_uid))
     if prior is not None:
@@ -373,6 +374,7 @@ def _insert(session: Session, d: DecisionInput, reviewer: str, app_version: str,
         note=d.note,
         supersedes_id=supersedes,
         simulated=simulated,
+        blind=blind,
     )
     session.add(ev)
     session.flush()
@@ -405,6 +407,7 @@ def record_decision(
     supersedes: int | None = None,
     simulated: bool = False,
     recorded_at: dt.datetime | None = None,
+    blind: bool | None = None,
 ) -> AdjudicationEvent:
     """Validate and append one decision event; return it once it is durably committed.
 
@@ -425,6 +428,11 @@ def record_decision(
     recorded_at
         Only for simulated events (a plausible review time for the demo); real events are
         always stamped with the server's UTC clock.
+    blind
+        ``True`` when the nurse decided without the AI's result on screen (an audit-sample
+        case); ``False`` for a change made after she asked to see it, which is kept but not
+        counted (:func:`latest_decisions`): the blind read is the one the sensitivity
+        estimate rests on; ``None`` where the AI's result is part of the task.
 
     Returns
     -------
@@ -454,7 +462,8 @@ def record_decision(
     for attempt in range(1, SAVE_ATTEMPTS + 1):
         session = session_factory(engine)()
         try:
-            ev = _insert(session, d, who, app_version, supersedes, simulated, recorded_at)
+            ev = _insert(session, d, who, app_version, supersedes, simulated, recorded_at,
+                         blind)
             session.commit()
             return ev
         except IntegrityError as e:
@@ -539,12 +548,15 @@ LATEST_COLUMNS = [
     "event_id", "event_uid", "study_id", "worklist_item_id", "screening_id", "read_number",
     "reviewer", "recorded_at", "first_recorded_at", "n_corrections", "app_version", "decision",
     "not_assessable_reason", "levels", "max_grade", "previously_known", "action",
-    "action_reason", "note", "simulated",
+    "action_reason", "note", "simulated", "blind",
 ]
 
 
 def latest_decisions(engine: Engine, *, include_simulated: bool = True) -> pd.DataFrame:
     """The decision that counts for each (study, read): the end of its correction chain.
+
+    A change made after the nurse asked to see the AI's result on an audit-sample case
+    (``blind`` False) is kept in the history but never counts: the blind read does.
 
     Parameters
     ----------
@@ -571,6 +583,9 @@ def latest_decisions(engine: Engine, *, include_simulated: bool = True) -> pd.Da
         return pd.DataFrame({c: pd.Series(dtype="object") for c in LATEST_COLUMNS})
     df = pd.DataFrame([dict(r) for r in rows])
     df = df.rename(columns={"id": "event_id"})
+    # changes seen with the AI's result never replace a blind read: leave them out of the
+    # chains (their superseded blind event then has no successor and counts)
+    df = df[df["blind"].map(lambda b: b is None or bool(b) or pd.isna(b))].copy()
     df["recorded_at"] = pd.to_datetime(df["recorded_at"], utc=True)
     superseded = set(df["supersedes_id"].dropna().astype(int))
     by_id = df.set_index("event_id")

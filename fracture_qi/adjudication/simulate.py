@@ -54,6 +54,10 @@ NOT_ASSESSABLE_P = 0.01
 ACTION_SHARES = {"refer_fls": 0.82, "on_therapy": 0.08, "not_appropriate": 0.07, "deceased": 0.03}
 #: median days from CT to review, and the spread of its logarithm
 REVIEW_DELAY_MEDIAN_D, REVIEW_DELAY_SIGMA = 4.0, 0.7
+#: share of each worklist stratum the demo leaves unread (the most recent studies), so a new
+#: reviewer following the README finds cases waiting (a flagged one and an audit-sample one
+#: at least), as a real service has a backlog
+DEMO_UNREAD_SHARE = 0.3
 #: namespace for the deterministic event UIDs
 _NS = uuid.UUID("5b0c7d1e-7c55-4d7e-9d0e-6a1f0c0ffee1")
 
@@ -66,6 +70,7 @@ class SimulationSummary:
     n_confirmed: int
     n_second_reads: int
     n_skipped: int
+    n_left_unread: int = 0
 
 
 def _rng(seed: int, *parts: Any) -> np.random.Generator:
@@ -167,8 +172,9 @@ def simulate_adjudications(
     audit: str = DEFAULT_AUDIT,
     seed: int = 7,
     now: dt.datetime | None = None,
+    unread_share: float = 0.0,
 ) -> SimulationSummary:
-    """Write simulated decisions for every worklist item of *audit* that has none yet.
+    """Write simulated decisions for the worklist items of *audit* that have none yet.
 
     Parameters
     ----------
@@ -184,6 +190,9 @@ def simulate_adjudications(
         Seed of the simulated reader.
     now
         Latest review time allowed (default: now, UTC).
+    unread_share
+        Share (0-1) of each stratum's items left unread: the most recent studies, at least
+        one per stratum when the share is above 0 (the demo uses :data:`DEMO_UNREAD_SHARE`).
 
     Returns
     -------
@@ -206,14 +215,17 @@ def simulate_adjudications(
         items = conn.execute(
             select(WorklistItem.id, WorklistItem.study_id, WorklistItem.screening_id,
                    WorklistItem.double_read, Study.study_instance_uid, Study.study_date,
-                   Study.accession_number)
+                   Study.accession_number, WorklistItem.stratum)
             .join(Study, Study.id == WorklistItem.study_id)
             .where(WorklistItem.audit_name == audit).order_by(WorklistItem.id)).all()
+    unread = _left_unread(items, unread_share)
     with engine.connect() as conn:
         done = set(conn.execute(select(AdjudicationEvent.event_uid).where(
             AdjudicationEvent.simulated.is_(True))).scalars())
     n_events = n_conf = n_second = n_skip = 0
-    for item_id, study_id, screening_id, double, uid, study_date, acc in items:
+    for item_id, study_id, screening_id, double, uid, study_date, acc, _stratum in items:
+        if item_id in unread:
+            continue
         if uid not in studies:
             n_skip += 1
             logger.info("study %s is not in the truth tables: not simulated", study_id)
@@ -242,6 +254,23 @@ def simulate_adjudications(
             n_events += 1
             n_conf += form["decision"] == "confirmed"
             n_second += read == 2
-    logger.warning("wrote %d SIMULATED adjudication events (reviewers %s, %s)", n_events,
-                   reviewer, second_reviewer)
-    return SimulationSummary(n_events, n_conf, n_second, n_skip)
+    logger.warning("wrote %d SIMULATED adjudication events (reviewers %s, %s); %d worklist "
+                   "item(s) left unread", n_events, reviewer, second_reviewer, len(unread))
+    return SimulationSummary(n_events, n_conf, n_second, n_skip, len(unread))
+
+
+def _left_unread(items: list[Any], share: float) -> set[int]:
+    """Worklist item ids left unread: the newest *share* of each stratum (at least one)."""
+    import math
+
+    if share <= 0:
+        return set()
+    by_stratum: dict[str, list[Any]] = {}
+    for row in items:
+        by_stratum.setdefault(row[7], []).append(row)
+    out: set[int] = set()
+    for rows in by_stratum.values():
+        rows = sorted(rows, key=lambda r: (r[5] or dt.date.min, r[0]))
+        k = min(len(rows), max(1, math.ceil(share * len(rows))))
+        out.update(r[0] for r in rows[len(rows) - k:])
+    return out

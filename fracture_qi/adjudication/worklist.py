@@ -296,6 +296,27 @@ def build_worklist(
     return summary
 
 
+def refresh_worklist(
+    engine: Engine,
+    settings: AdjudicationSettings | None = None,
+    *,
+    audit: str = DEFAULT_AUDIT,
+) -> WorklistSummary | None:
+    """Put newly screened studies on the worklist, as ``fracture-qi worklist`` would.
+
+    Called after ``fracture-qi screen --manifest``, by the listener, and when the
+    adjudication app opens or runs out of cases, so that nurses never see an empty worklist
+    because nobody ran a separate command. Sampling probabilities are recorded exactly as by
+    :func:`build_worklist` (it is that function). A failure is logged and ``None`` returned:
+    the caller's own work (a screening run, the app) goes on.
+    """
+    try:
+        return build_worklist(engine, audit=audit, settings=settings)
+    except Exception:  # noqa: BLE001 - refreshing is a courtesy; never break the caller
+        logger.warning("could not refresh worklist %r", audit, exc_info=True)
+        return None
+
+
 @dataclass(frozen=True)
 class Case:
     """One read of one worklist study that a reviewer may open.
@@ -553,6 +574,29 @@ class CaseRecord:
     keyimage_path: str | None
     findings: list[dict[str, Any]] = field(default_factory=list)
     instance_paths: list[str] = field(default_factory=list)
+    #: the pseudonymous key (for the access log; never shown)
+    patient_key: str | None = None
+    #: the patient's FLS records, oldest referral first (see :func:`fls_history`)
+    fls_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+#: FLS record fields the form shows beside "was it already known?"
+FLS_HISTORY_FIELDS = ("record_id", "known_to_fls", "on_therapy_before", "reported_by_radiology",
+                      "referral_date", "assessment_date", "dxa_date", "dxa_t_score",
+                      "therapy_recommended", "drug", "therapy_start_date", "adherent_52w",
+                      "death_date", "index_fracture_site", "study_id")
+
+
+def fls_history(session: Any, patient_key: str | None) -> list[dict[str, Any]]:
+    """The patient's FLS records (imported with ``fracture-qi import-fls``), oldest first."""
+    from fracture_qi.store.schema import FlsEpisode
+
+    if not patient_key:
+        return []
+    rows = session.scalars(select(FlsEpisode).where(FlsEpisode.patient_key == patient_key)
+                           .order_by(FlsEpisode.referral_date.is_(None),
+                                     FlsEpisode.referral_date, FlsEpisode.id))
+    return [{k: getattr(r, k) for k in FLS_HISTORY_FIELDS} for r in rows]
 
 
 def load_case_record(engine: Engine, case: Case) -> CaseRecord:
@@ -599,4 +643,6 @@ def load_case_record(engine: Engine, case: Case) -> CaseRecord:
             keyimage_path=scr.keyimage_path if scr else None,
             findings=findings,
             instance_paths=paths,
+            patient_key=patient.patient_key if patient else None,
+            fls_history=fls_history(s, patient.patient_key if patient else None),
         )

@@ -14,23 +14,22 @@ studies, the audit sample of AI-negatives, blind second reads), views the curved
 reformat, axial slices and the AI overlay, and records a decision for each case. Decisions are
 append-only events with her reviewer ID, the UTC time and the app version.
 
-Safe defaults: binds 127.0.0.1 (another host needs a token: --token-file or
-$FRACTURE_QI_TOKEN, never shown in the process list or the log), tracebacks never reach the
-browser, notebook code is not sent to the browser, at most --max-kernels pages are open at
-once and idle kernels are shut down. Run
-`fracture-qi worklist` first to build the worklist."""
+This is the single-user session: it listens on this computer only (127.0.0.1) and records
+--reviewer, taken on trust, on every decision. To serve several nurses, each signed in, use
+`fracture-qi serve`. Tracebacks never reach the browser, notebook code is not sent to the
+browser, at most --max-kernels pages are open at once and idle kernels are shut down. The
+worklist fills itself with newly screened studies when the app opens."""
 
 EPILOG = """\
 examples:
   fracture-qi adjudicate --manifest demo-output/cohort/data_manifest.yaml --reviewer nurse.a
   fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --port 8870 --audit 2026-q3
-  fracture-qi adjudicate --manifest site.yaml --reviewer jsmith --host 10.0.0.5 \\
-      --token-file /etc/fracture-qi/token        # the token on one line, chmod 600
 
-Each nurse runs her own server (her --reviewer is fixed for it) or the trust's reverse proxy
-sets it. In JupyterLab, open fracture_qi/notebooks/adjudicate.ipynb, set the parameters cell
-and run all. Exit status 0 when stopped with Ctrl-C; 2 when the manifest or database cannot be
-used or the bind is unsafe."""
+For a team, with sign-in: fracture-qi serve --manifest M (docs/team-server.md).
+In JupyterLab, open fracture_qi/notebooks/adjudicate.ipynb, set the parameters cell and run
+all. Exit status 0 when stopped with Ctrl-C or SIGTERM (the server and its kernels stop
+too); 2 when the manifest or database cannot be used, the host is not this computer, or the
+port is in use ("port P in use: another fracture-qi server?")."""
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -59,17 +58,30 @@ def run(args: argparse.Namespace) -> int:
     from fracture_qi.errors import ConfigError
     from fracture_qi.manifest import read_manifest
     from fracture_qi.serve import (
+        DEFAULT_PORT,
         ENV_AUDIT,
+        ENV_CLIENT,
         ENV_MANIFEST,
         ENV_REVIEWER,
+        ENV_VIA,
         check_bind,
+        check_port,
+        is_loopback,
         serve_notebook,
         token_from_args,
     )
     from fracture_qi.store import open_store
 
+    if not is_loopback(args.host):
+        # the reviewer is whoever started the server: anyone reaching it from elsewhere would
+        # save under that name (issue 18)
+        raise ConfigError(
+            f"fracture-qi adjudicate serves one nurse on this computer only (--reviewer is "
+            f"taken on trust), not on {args.host}. Fix: serve the team with fracture-qi serve "
+            "--manifest M, where each nurse signs in (docs/team-server.md)")
     token = token_from_args(args)
     check_bind(args.host, token)  # refuse an unsafe bind before any work
+    check_port(args.host, args.port or DEFAULT_PORT)  # before any work or any URL is printed
     if not args.manifest:
         raise ConfigError(
             "no manifest given. Fix: fracture-qi adjudicate --manifest path/to/data_manifest.yaml "
@@ -81,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
     # fail here, with a one-line reason, rather than in every page load
     engine = open_store(read_manifest(manifest_path, verify=False))
     engine.dispose()
-    env = {ENV_MANIFEST: str(manifest_path), ENV_REVIEWER: reviewer, ENV_AUDIT: args.audit}
+    env = {ENV_MANIFEST: str(manifest_path), ENV_REVIEWER: reviewer, ENV_AUDIT: args.audit,
+           ENV_CLIENT: args.host, ENV_VIA: "fracture-qi adjudicate (single user)"}
     return serve_notebook(notebook_path(), port=args.port, host=args.host, token=token,
                           env=env, open_browser=args.open, max_kernels=args.max_kernels)

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         + [x for k, v in args.parameter for x in ("-p", k, v)]
         + ([] if args.publish else ["--internal"])
         + (["--notebooks", *args.notebooks] if args.notebooks else []))
+    _log_export(args, command)
     result = run_audit(args.manifest, args.out, params, args.publish,
                        notebooks=args.notebooks, overwrite=args.overwrite, jobs=args.jobs,
                        progress=True, raise_on_failure=False, command=command)
@@ -115,3 +116,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"fracture-qi audit: error: {result.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _log_export(args: argparse.Namespace, command: str) -> None:
+    """Record the audit run in the access log: its outputs leave the database (issue 18)."""
+    from fracture_qi.accesslog import AccessAction, command_line_user, record_access
+    from fracture_qi.manifest import read_manifest
+    from fracture_qi.store import open_store
+
+    engine = open_store(read_manifest(args.manifest, verify=False))
+    try:
+        record_access(engine, username=command_line_user(), action=AccessAction.EXPORT,
+                      via="command line",
+                      detail={"what": "audit run (publication mode)" if args.publish
+                              else "audit run (internal: exact counts)",
+                              "out": str(args.out), "command": command})
+    finally:
+        engine.dispose()

@@ -67,15 +67,18 @@ def run(args: argparse.Namespace) -> int:
 
     from fracture_qi.errors import ConfigError
     from fracture_qi.serve import (
+        DEFAULT_PORT,
         ENV_MANIFEST,
         PREHEAT_ARGS,
         check_bind,
+        check_port,
         serve_notebook,
         token_from_args,
     )
 
     token = token_from_args(args)
     check_bind(args.host, token)  # refuse an unsafe bind before any work
+    check_port(args.host, args.port or DEFAULT_PORT)  # before any work or any URL is printed
     if args.change_date:
         try:
             dt.date.fromisoformat(args.change_date)

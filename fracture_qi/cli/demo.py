@@ -83,14 +83,17 @@ def run(args: argparse.Namespace) -> int:
     _step("4/8 worklist: flagged + audit sample of negatives + double reads", ["worklist", "--manifest", m])
 
     print("\n== 5/8 adjudication: SIMULATED nurse decisions (synthetic demo only)", flush=True)
-    from fracture_qi.adjudication.simulate import simulate_adjudications
+    from fracture_qi.adjudication.simulate import DEMO_UNREAD_SHARE, simulate_adjudications
     from fracture_qi.manifest import read_manifest
     from fracture_qi.store import open_store
 
     man = read_manifest(manifest)
     engine = open_store(man)
-    sim = simulate_adjudications(engine, cohort / "truth")
+    # the newest share is left unread: a new reviewer finds cases waiting (issue 18)
+    sim = simulate_adjudications(engine, cohort / "truth", unread_share=DEMO_UNREAD_SHARE)
     print(f"   {sim}", flush=True)
+    print(f"   {sim.n_left_unread} worklist case(s) left unread for you to try the app",
+          flush=True)
 
     _step("6/8 FLS records: validate and link", ["import-fls", "--manifest", m])
     _step(
@@ -141,6 +144,8 @@ next:
   QI dashboard                 fracture-qi dashboard --manifest {hm if args.history_studies else m}
   (the screened cohort)        fracture-qi dashboard --manifest {m}
   adjudication app             fracture-qi adjudicate --manifest {m} --reviewer YOUR.NAME
+  the team server (sign-in)    fracture-qi users add YOUR.NAME --role nurse --password-stdin --manifest {m}
+                               fracture-qi serve --manifest {m}
   rerun and compare the audit  fracture-qi audit --verify {reports / 'demo'}
 """)
     return 0

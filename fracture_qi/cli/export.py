@@ -47,8 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from fracture_qi.screening.results import export_results
     from fracture_qi.store import open_store
 
+    from fracture_qi.accesslog import AccessAction, command_line_user, record_access
+
     manifest = read_manifest(args.manifest)
     engine = open_store(manifest)
+    # logged before anything is written (the access log, issue 18)
+    record_access(engine, username=command_line_user(), action=AccessAction.EXPORT,
+                  via="command line", detail={"what": "screening results (studies.csv, "
+                                              "vertebrae.csv)", "out": str(args.out)})
     summary = export_results(engine, args.out, model_id=args.model_id,
                              model_version=args.model_version)
     for line in summary.lines():

@@ -31,6 +31,9 @@ SUBCOMMANDS: dict[str, str] = {
     "dashboard": "dashboard",
     "pacs": "pacs",
     "listen": "listen",
+    "serve": "serve_team",
+    "users": "users",
+    "access-log": "access_log",
 }
 
 EPILOG = """\
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _check_database_exists(args)
         return int(args.func(args) or 0)
     except FractureQIError as e:
         print(f"fracture-qi {args.command}: error: {e}", file=sys.stderr)
@@ -96,6 +100,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fracture-qi {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_database_exists(args: argparse.Namespace) -> None:
+    """Refuse a manifest whose SQLite file does not exist, unless the command creates it.
+
+    A typo in the file name would otherwise create an empty database and report "0 studies"
+    with exit status 0 (see :mod:`fracture_qi.store.check`).
+    """
+    manifest = getattr(args, "manifest", None)
+    # manifest checks the database itself; synth writes one; pacs only talks to the PACS
+    if not manifest or args.command in ("manifest", "synth", "pacs") \
+            or getattr(args, "func", None) is None:
+        return
+    from fracture_qi.store.check import CREATING_COMMANDS
+
+    if args.command in CREATING_COMMANDS:
+        return
+    from pathlib import Path
+
+    from fracture_qi.manifest import read_manifest
+    from fracture_qi.store.check import require_existing_database
+
+    from fracture_qi.errors import ManifestError
+
+    try:
+        m = read_manifest(manifest, verify=False)
+    except ManifestError:
+        return  # the command reports a bad manifest itself, after its own first checks
+    require_existing_database(m.database_url, manifest=Path(m.path), command=args.command)
 
 
 def entry() -> None:  # console_scripts target

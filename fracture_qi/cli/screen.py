@@ -167,6 +167,13 @@ def run(args: argparse.Namespace) -> int:
         if summary.n_planned == 0 and summary.n_skipped == 0:
             print("nothing to screen: every eligible series already has a result from this "
                   "model (or nothing is indexed yet: run fracture-qi index --manifest M)")
+        from fracture_qi.adjudication.worklist import AdjudicationSettings, refresh_worklist
+
+        # the nurses' worklist fills itself: no separate command to remember (issue 18)
+        wl = refresh_worklist(engine, AdjudicationSettings.from_mapping(manifest.adjudication))
+        if wl is not None:
+            print(f"worklist: {wl.n_added} case(s) added for the nurses ({wl.n_flagged} "
+                  f"flagged, {wl.n_audit_negative} in the audit sample of AI-negatives, in all)")
         if manifest.results_to_pacs is not None:
             from fracture_qi.results_dicom.send import send_after_run
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, func, select
+from sqlalchemy import Engine, and_, func, or_, select
 from sqlalchemy.orm import aliased
 
 from fracture_qi.errors import FractureQIError
@@ -123,10 +123,16 @@ def _levels_text(levels: Any) -> str:
     return ";".join(f"{x.get('level')}:{x.get('grade')}" for x in levels if isinstance(x, dict))
 
 
+def _counts(ev: Any) -> Any:
+    """SQL: *ev* may count as a read (not a change made after seeing the AI's result)."""
+    return or_(ev.blind.is_(None), ev.blind.is_(True))
+
+
 def load_reads(engine: Engine, *, include_simulated: bool = True) -> pd.DataFrame:
     """The counting read per (study, read number): the latest event of its correction chain.
 
-    An event counts when no other event supersedes it. ``first_recorded_at`` is the first
+    An event counts when no other event supersedes it; a change made after the nurse asked
+    to see the AI's result on an audit-sample case never counts (its blind read does). ``first_recorded_at`` is the first
     save of that (study, read) (for time to adjudication), ``n_events`` how many events the
     read has (1 + corrections).
 
@@ -162,9 +168,11 @@ def load_reads(engine: Engine, *, include_simulated: bool = True) -> pd.DataFram
             first.c.n_events,
             e.simulated,
         )
-        .outerjoin(nxt, nxt.supersedes_id == e.id)
+        # a change made after the nurse asked to see the AI's result on an audit-sample
+        # case (blind False) is history, not the read: the blind read counts (issue 18)
+        .outerjoin(nxt, and_(nxt.supersedes_id == e.id, _counts(nxt)))
         .join(first, and_(first.c.sid == e.study_id, first.c.rn == e.read_number))
-        .where(nxt.id.is_(None))
+        .where(nxt.id.is_(None), _counts(e))
     )
     if not include_simulated:
         stmt = stmt.where(e.simulated.is_(False))

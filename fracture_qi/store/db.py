@@ -37,7 +37,15 @@ def _sqlite_begin_immediate(conn) -> None:  # type: ignore[no-untyped-def]
 
 
 def normalise_url(url: str, base: Path | None = None) -> str:
-    """Make a relative ``sqlite:///file.db`` relative to *base* (the manifest's folder)."""
+    """Make a relative ``sqlite:///file.db`` relative to *base* (the manifest's folder).
+
+    ``postgres://`` and ``postgresql://`` become ``postgresql+psycopg://`` (psycopg 3).
+
+    Examples
+    --------
+    >>> normalise_url("postgres://fqi@db.trust.nhs.uk/fqi")
+    'postgresql+psycopg://fqi@db.trust.nhs.uk/fqi'
+    """
     try:
         u = make_url(url)
     except ArgumentError as e:
@@ -49,6 +57,10 @@ def normalise_url(url: str, base: Path | None = None) -> str:
         p = Path(u.database)
         if not p.is_absolute() and base is not None:
             u = u.set(database=str((base / p).resolve()))
+    if u.drivername == "postgres" or u.drivername.startswith("postgres+"):
+        # postgres:// is how Heroku, libpq tools and many hosting panels write PostgreSQL
+        # URLs; SQLAlchemy only knows "postgresql" and would fail with a traceback
+        u = u.set(drivername="postgresql" + u.drivername[len("postgres"):])
     if u.drivername == "postgresql":  # prefer psycopg 3, which the project installs
         u = u.set(drivername="postgresql+psycopg")
     return u.render_as_string(hide_password=False)

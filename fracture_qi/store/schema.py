@@ -7,7 +7,8 @@ scanned for identifiers before it leaves the building.
 ``adjudication_events`` is append-only: corrections are new rows that point at the row
 they supersede, and the database itself refuses UPDATE, DELETE, TRUNCATE and any insert that
 would replace an existing event (SQLite ``REPLACE``, upserts): triggers created in the
-migrations, see :mod:`fracture_qi.store.migrations`.
+migrations, see :mod:`fracture_qi.store.migrations`. ``access_events`` (the access log) is
+append-only in the same way.
 """
 
 from __future__ import annotations
@@ -309,6 +310,10 @@ class AdjudicationEvent(Base):
     note: Mapped[str | None] = mapped_column(Text)
     supersedes_id: Mapped[int | None] = mapped_column(ForeignKey("adjudication_events.id"))
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # True: made without the AI's result on screen (an audit-sample case's first answer);
+    # False: changed after the nurse asked to see it; None: the AI's result is part of the
+    # task (flagged studies), or saved before revision 0007
+    blind: Mapped[bool | None] = mapped_column(Boolean)
     __table_args__ = (
         # a second save of the same read without superseding is a conflict, not a new row
         Index(
@@ -448,3 +453,45 @@ class ResultObject(Base):
     __table_args__ = (
         UniqueConstraint("screening_id", "kind", "destination", name="uq_result_object_once"),
     )
+
+
+class User(Base):
+    """A person who signs in to ``fracture-qi serve``: one role, an argon2id password hash.
+
+    ``password_hash`` is empty for accounts the hospital's sign-on vouches for. Sessions
+    signed in before ``sessions_valid_after`` (set when the account is disabled or its
+    password changes) are refused.
+    """
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True, index=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))  # nurse | qi_lead | auditor | admin
+    password_hash: Mapped[str | None] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(UTC)
+    sessions_valid_after: Mapped[dt.datetime | None] = mapped_column(UTC)
+
+
+class AccessEvent(Base):
+    """One entry of the access log: who did what to which patient's record, when, from where.
+
+    Append-only like ``adjudication_events``: the database refuses UPDATE, DELETE, TRUNCATE
+    and replacing inserts (revision 0007). ``study_id`` and ``patient_key`` (the pseudonym)
+    identify the record without copying identifiers into the log.
+    """
+
+    __tablename__ = "access_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTC, default=utcnow, index=True)
+    username: Mapped[str] = mapped_column(String(100), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(32))
+    study_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    patient_key: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(Text)
+    client: Mapped[str | None] = mapped_column(String(100))
+    via: Mapped[str | None] = mapped_column(String(40))
