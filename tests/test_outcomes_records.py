@@ -288,6 +288,7 @@ def test_cli_import_fls(tmp_path, capsys, monkeypatch):
         "fls_records:\n"
         "  - {name: fls, kind: csv, path: fls.csv, columns: {'FLS ID': record_id}}\n"
     )
+    _new_site_database(tmp_path)
     argv = ["import-fls", "--manifest", str(tmp_path / "data_manifest.yaml")]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -331,10 +332,19 @@ def test_mrn_links_in_the_issuer_namespace_from_dicom(tmp_path):
 # --------------------------------------------------------------------------------------------
 # an export that cannot be trusted is refused as a whole (issue 21, item 6)
 # --------------------------------------------------------------------------------------------
+def _new_site_database(tmp_path) -> None:
+    """The site's database, as `fracture-qi index` creates it: import-fls refuses to create
+    one (a typo in the manifest's database: line must not start an empty site)."""
+    from fracture_qi.store.init import open_store
+
+    open_store(f"sqlite:///{tmp_path / 'fqi.db'}").dispose()
+
+
 def _cli_site(tmp_path, monkeypatch, csv_text: str, extra: str = "") -> list[str]:
     monkeypatch.delenv("FRACTURE_QI_DATABASE", raising=False)
     monkeypatch.setenv("FQI_TEST_KEY", SECRET.decode())
     (tmp_path / "fls.csv").write_text(csv_text)
+    _new_site_database(tmp_path)
     (tmp_path / "data_manifest.yaml").write_text(
         "version: 1\n"
         "database: sqlite:///fqi.db\n"
