@@ -83,21 +83,27 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-def test_orthanc_forwards_a_study_and_gets_the_results_back(
-        orthanc: OrthancServer, study: list[Path], tmp_path: Path,  # noqa: F811
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _site_routed_from(orthanc: OrthancServer, files: list[Path], tmp_path: Path, *,
+                      quiet: float) -> tuple[Path, ListenerProcess, str]:
+    """Orthanc holding *files*, a listener's site whose results go back to that Orthanc, the
+    listener (not yet started) and Orthanc's id of the study: (database, listener, id)."""
     orthanc.clear()
-    orthanc.upload(study)
+    orthanc.upload(files)
     port = new_port()
     orthanc.add_modality("fqi", "FRACTUREQI", port)
     pacs = (f"  - {{name: pacs, kind: dimse, host: 127.0.0.1, port: {orthanc.dicom_port}, "
             f"called_aet: {orthanc.aet}, calling_aet: FRACTUREQI, timeout_s: 30}}\n")
-    manifest = write_manifest(tmp_path, port=port, callers=(orthanc.aet,), quiet=2.0,
+    manifest = write_manifest(tmp_path, port=port, callers=(orthanc.aet,), quiet=quiet,
                               extra_sources=pacs, results_to="pacs")
-    db = tmp_path / "fqi.db"
-    listener = ListenerProcess(manifest, port)
-    ct = pydicom.dcmread(study[0], stop_before_pixels=True)
-    oid = _orthanc_study(orthanc, str(ct.StudyInstanceUID))
+    ct = pydicom.dcmread(files[0], stop_before_pixels=True)
+    return (tmp_path / "fqi.db", ListenerProcess(manifest, port),
+            _orthanc_study(orthanc, str(ct.StudyInstanceUID)))
+
+
+def test_orthanc_forwards_a_study_and_gets_the_results_back(
+        orthanc: OrthancServer, study: list[Path], tmp_path: Path,  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db, listener, oid = _site_routed_from(orthanc, study, tmp_path, quiet=2.0)
     orthanc.post("/modalities/fqi/store", oid.encode())  # the PACS routes the study to us
     wait_for(lambda: query(db, "select state from received_studies") == [("processed",)],
              "the study processed", listener=listener)
@@ -193,18 +199,7 @@ def test_results_of_a_study_completed_after_they_were_sent_are_corrected(
     the whole study. The SR and key image of the incomplete series went into the PACS
     already; those of the complete series must follow as new instances of the same result
     series, the new SR naming the old one as its predecessor, and the flag must be right."""
-    orthanc.clear()
-    orthanc.upload(study[:90])
-    port = new_port()
-    orthanc.add_modality("fqi", "FRACTUREQI", port)
-    pacs = (f"  - {{name: pacs, kind: dimse, host: 127.0.0.1, port: {orthanc.dicom_port}, "
-            f"called_aet: {orthanc.aet}, calling_aet: FRACTUREQI, timeout_s: 30}}\n")
-    manifest = write_manifest(tmp_path, port=port, callers=(orthanc.aet,), quiet=1.0,
-                              extra_sources=pacs, results_to="pacs")
-    db = tmp_path / "fqi.db"
-    listener = ListenerProcess(manifest, port)
-    ct = pydicom.dcmread(study[0], stop_before_pixels=True)
-    oid = _orthanc_study(orthanc, str(ct.StudyInstanceUID))
+    db, listener, oid = _site_routed_from(orthanc, study[:90], tmp_path, quiet=1.0)
     try:
         orthanc.post("/modalities/fqi/store", oid.encode())
         wait_for(lambda: query(db, "select state, n_instances from received_studies")

@@ -14,7 +14,6 @@ settings users get; :func:`start_team` returns once ``/healthz`` answers.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import tempfile
 import time
@@ -26,26 +25,22 @@ import psutil
 
 from fracture_qi.serve import free_port
 from fracture_qi.team.launch import TeamSettings, start_team_server
-from tests.services.voila import http_get
+from tests.services.voila import ServerProcess, http_get
 
 __all__ = ["TeamServer", "sign_in_page", "sign_in_session", "start_team"]
 
 
 @dataclass
-class TeamServer:
+class TeamServer(ServerProcess):
     """A running team server."""
+
+    stop_timeout = 30.0
 
     url: str
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
     _log_file: Any = field(repr=False, default=None)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
 
     def kernels(self) -> list[psutil.Process]:
         """The kernel processes the server runs now."""
@@ -61,23 +56,6 @@ class TeamServer:
             except psutil.Error:
                 continue
         return out
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log_file is not None and not self._log_file.closed:
-            self._log_file.close()
-
-    def __enter__(self) -> TeamServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def start_team(manifest: Path, *, log_dir: Path | None = None, timeout: float = 120.0,

@@ -48,8 +48,45 @@ class VoilaStartError(RuntimeError):
     """Raised when Voila exits or does not answer before the timeout (message holds its log)."""
 
 
+class ServerProcess:
+    """What the test servers share: the process, its log, a stop that always ends it (SIGTERM,
+    then SIGKILL after ``stop_timeout`` s) and use as a context manager. The subclass is a
+    dataclass holding ``proc``, ``log_path`` and ``_log_file``."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _log_file: Any
+    stop_timeout = 20.0
+
+    def log_text(self) -> str:
+        """Everything the server has logged so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and its kernels; safe to call twice."""
+        if self.proc.poll() is None:
+            # Voila's SIGTERM handler stops the loop and shuts its kernels down
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_timeout if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self._log_file is not None and not self._log_file.closed:
+            self._log_file.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 @dataclass
-class VoilaServer:
+class VoilaServer(ServerProcess):
     """A running Voila server started by :func:`start_voila`.
 
     Attributes
@@ -71,31 +108,6 @@ class VoilaServer:
     log_path: Path
     _log_file: Any = field(repr=False, default=None)
 
-    def log_text(self) -> str:
-        """Everything the server has logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and its kernels; safe to call twice."""
-        if self.proc.poll() is None:
-            # Voila's SIGTERM handler stops the loop and shuts its kernels down
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log_file is not None and not self._log_file.closed:
-            self._log_file.close()
-
-    def __enter__(self) -> VoilaServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def http_get(host: str, port: int, raw_path: str, timeout: float = 30.0) -> tuple[int, bytes]:
