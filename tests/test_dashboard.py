@@ -9,6 +9,7 @@ the same selection, so a change on either side is caught.
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 
 import numpy as np
@@ -103,6 +104,37 @@ def test_monthly_axis_has_every_month(cube) -> None:  # type: ignore[no-untyped-
     by = cube.by("month", {"model": cube.default_model}, all_values=True)
     months = pd.period_range(by["month"].iloc[0], by["month"].iloc[-1], freq="M")
     assert by["month"].tolist() == [m.strftime("%Y-%m") for m in months]
+
+
+def test_dashboards_opened_at_once_build_the_cube_once(site, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Five viewers opening the dashboard together after new data (a team server): one
+    kernel builds the cube, the others wait for it and load it (issue 18's load test: every
+    dashboard built its own while the nurses' decisions kept changing the data)."""
+    import threading
+
+    from fracture_qi.dashboards import cube as cube_mod
+
+    _, engine = site
+    real, calls = cube_mod.build_from_engine, []
+
+    def slow_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough that the others arrive while it builds
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cube_mod, "build_from_engine", slow_build)
+    got: list = []
+    threads = [threading.Thread(target=lambda: got.append(
+        cube_from_engine(engine, cache_dir=tmp_path))) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 5 and len(calls) == 1, calls
+    assert len({a.fingerprint for a in got}) == 1
+    for a in got[1:]:
+        pd.testing.assert_frame_equal(a.cells, got[0].cells)
+    assert (tmp_path / "qi-cube.lock").exists()
 
 
 def test_cache_round_trip_and_invalidation(site, tmp_path) -> None:  # type: ignore[no-untyped-def]

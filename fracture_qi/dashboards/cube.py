@@ -19,6 +19,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,22 +135,22 @@ def cube_from_engine(engine: Engine, *, cache_dir: str | Path | None = None,
     t0 = time.perf_counter()
     fp = fingerprint(engine)
     path = Path(cache_dir) / f"qi-cube-{fp}.npz" if cache_dir else None
-    if path is not None and path.is_file() and not refresh:
+    if path is None:
+        return _built(engine, fp, meta, t0)
+    with _build_lock(path):
+        # several dashboards opened at once after new data (a team server's morning) build
+        # the cube once: the first holds the lock while it builds, the others then load it
+        if path.is_file() and not refresh:
+            try:
+                agg = _load(path, fp)
+                agg.meta.update(meta or {})
+                agg.seconds = time.perf_counter() - t0
+                log.info("QI cube loaded from cache %s in %.2f s", path.name, agg.seconds)
+                return agg
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("ignoring unreadable cube cache %s: %s", path, e)
+        agg = _built(engine, fp, meta, t0)
         try:
-            agg = _load(path, fp)
-            agg.meta.update(meta or {})
-            agg.seconds = time.perf_counter() - t0
-            log.info("QI cube loaded from cache %s in %.2f s", path.name, agg.seconds)
-            return agg
-        except (OSError, KeyError, ValueError) as e:
-            log.warning("ignoring unreadable cube cache %s: %s", path, e)
-    agg = build_from_engine(engine, meta=meta)
-    agg.fingerprint = fp
-    agg.seconds = time.perf_counter() - t0
-    log.info("QI cube built: %d cells in %.2f s", len(agg.cells), agg.seconds)
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             _save(agg, path)
             for old in path.parent.glob("qi-cube-*.npz"):
                 if old != path:
@@ -157,6 +159,36 @@ def cube_from_engine(engine: Engine, *, cache_dir: str | Path | None = None,
             log.warning("cannot cache the QI cube in %s: %s", cache_dir, e)
     return agg
 
+
+def _built(engine: Engine, fp: str, meta: dict[str, Any] | None, t0: float) -> Aggregate:
+    agg = build_from_engine(engine, meta=meta)
+    agg.fingerprint = fp
+    agg.seconds = time.perf_counter() - t0
+    log.info("QI cube built: %d cells in %.2f s", len(agg.cells), agg.seconds)
+    return agg
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock (``flock``) on ``<cache>/qi-cube.lock`` for as long as the block
+    runs, or no lock where the folder cannot hold one (read-only) or the system has no
+    ``fcntl``: then each caller builds for itself, as before."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.parent / "qi-cube.lock", "a+b")  # noqa: SIM115 - closed below
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        f.close()  # closing releases the lock
 
 __all__ = ["CUBE_VERSION", "Cube", "DIMENSIONS", "MEASURES", "build_from_engine",
            "cube_from_engine", "fingerprint"]
