@@ -44,7 +44,7 @@ from typing import Any
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Integer
+from traitlets import Integer, TraitError
 from traitlets.config import Config
 
 from fracture_qi.serve import DEFAULT_MAX_KERNELS, ENV_PARENT_PID, ENV_TOKEN
@@ -347,6 +347,17 @@ def scrub_token(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # kernels: a cap per server
 # --------------------------------------------------------------------------------------------
+def last_activity(kernel: Any) -> Any:
+    """A kernel's ``last_activity`` (a datetime), or None while it is still starting: the
+    trait is set once the kernel is up, and reading it before raises ``TraitError``, which
+    jupyter_server's own culler does not expect (``hasattr`` lets it through; the culler then
+    logs a traceback for a kernel that merely started during its pass)."""
+    try:
+        return getattr(kernel, "last_activity", None)
+    except TraitError:
+        return None
+
+
 class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
     """Voila's kernel manager with a limit on kernels alive (and starting) at once.
 
@@ -372,6 +383,15 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         super().notify_connect(kernel_id)
         self._fqi_connected.add(kernel_id)
 
+    async def cull_kernel_if_idle(self, kernel_id: str) -> None:
+        """Jupyter's idle check, for kernels that are up: one still starting has no activity
+        to judge yet (see :func:`last_activity`)."""
+        kernel = self._kernels.get(kernel_id)
+        if kernel is None or (last_activity(kernel) is None
+                              and getattr(kernel, "execution_state", None) != "dead"):
+            return
+        await super().cull_kernel_if_idle(kernel_id)
+
     async def cull_kernels(self) -> None:
         """Jupyter's idle culling, then shut down kernels no browser ever connected to that
         have been idle over :data:`UNCONNECTED_REAP_S` (pages fetched by curl and the like)."""
@@ -386,7 +406,10 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                 kernel = self.get_kernel(kid)
             except KeyError:
                 continue
-            idle_s = (now - kernel.last_activity).total_seconds()
+            seen = last_activity(kernel)
+            if seen is None:
+                continue  # still starting
+            idle_s = (now - seen).total_seconds()
             if getattr(kernel, "execution_state", "") == "idle" and idle_s > UNCONNECTED_REAP_S:
                 self.log.info("shutting down kernel %s: no browser ever connected to it (a page "
                               "fetched without its JavaScript), idle %.0f s", kid, idle_s)
@@ -424,7 +447,10 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
                 kernel = self.get_kernel(kid)
             except KeyError:
                 continue
-            idle_s = (now - kernel.last_activity).total_seconds()
+            seen = last_activity(kernel)
+            if seen is None:
+                continue  # still starting
+            idle_s = (now - seen).total_seconds()
             if (self._kernel_connections.get(kid, 0) == 0
                     and getattr(kernel, "execution_state", "") == "idle"
                     and idle_s > RECLAIM_IDLE_S):

@@ -22,7 +22,7 @@ from tornado import web
 from traitlets import Integer
 
 from fracture_qi.serve import ENV_CLIENT, ENV_REVIEWER, ENV_ROLE, ENV_VIA
-from fracture_qi.voila_guard import CappedKernelManager
+from fracture_qi.voila_guard import CappedKernelManager, last_activity
 
 #: the 503 reason line (shown on the page) when a user holds her limit of pages
 USER_BUSY_REASON = ("You have too many app pages open: close the ones you no longer use "
@@ -110,9 +110,10 @@ class TeamKernelManager(CappedKernelManager):  # type: ignore[misc]
                 kernel = self.get_kernel(kid)
             except KeyError:
                 continue
-            if self._kernel_connections.get(kid, 0) == 0 and \
+            seen = last_activity(kernel)
+            if seen is not None and self._kernel_connections.get(kid, 0) == 0 and \
                     getattr(kernel, "execution_state", "") != "busy":
-                mine.append((kernel.last_activity, kid))
+                mine.append((seen, kid))
         for _, kid in sorted(mine):
             if len(self.kernels_of(username)) < self.max_kernels_per_user:
                 return
