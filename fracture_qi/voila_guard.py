@@ -402,15 +402,8 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
         for kid in list(self.list_kernel_ids()):
             if kid in self._fqi_connected or self._kernel_connections.get(kid, 0):
                 continue
-            try:
-                kernel = self.get_kernel(kid)
-            except KeyError:
-                continue
-            seen = last_activity(kernel)
-            if seen is None:
-                continue  # still starting
-            idle_s = (now - seen).total_seconds()
-            if getattr(kernel, "execution_state", "") == "idle" and idle_s > UNCONNECTED_REAP_S:
+            idle_s = self._idle_seconds(kid, now)
+            if idle_s is not None and idle_s > UNCONNECTED_REAP_S:
                 self.log.info("shutting down kernel %s: no browser ever connected to it (a page "
                               "fetched without its JavaScript), idle %.0f s", kid, idle_s)
                 await self.shutdown_kernel(kid)
@@ -437,23 +430,27 @@ class CappedKernelManager(AsyncMappingKernelManager):  # type: ignore[misc]
 
     start_kernel = _async_start_kernel  # type: ignore[assignment]
 
+    def _idle_seconds(self, kid: str, now: Any) -> float | None:
+        """Seconds kernel *kid* has been idle (its state ``idle``) at *now*; None when it is
+        gone, busy or still starting (see :func:`last_activity`)."""
+        try:
+            kernel = self.get_kernel(kid)
+        except KeyError:
+            return None
+        seen = last_activity(kernel)
+        if seen is None or getattr(kernel, "execution_state", "") != "idle":
+            return None
+        return float((now - seen).total_seconds())
+
     async def _reclaim_abandoned(self) -> None:
         """Shut down the kernels of abandoned page loads (idle, nobody connected)."""
         from jupyter_server._tz import utcnow
 
         now = utcnow()
         for kid in list(self.list_kernel_ids()):
-            try:
-                kernel = self.get_kernel(kid)
-            except KeyError:
-                continue
-            seen = last_activity(kernel)
-            if seen is None:
-                continue  # still starting
-            idle_s = (now - seen).total_seconds()
+            idle_s = self._idle_seconds(kid, now)
             if (self._kernel_connections.get(kid, 0) == 0
-                    and getattr(kernel, "execution_state", "") == "idle"
-                    and idle_s > RECLAIM_IDLE_S):
+                    and idle_s is not None and idle_s > RECLAIM_IDLE_S):
                 self.log.info("kernel limit reached: shutting down kernel %s (no browser "
                               "connected, idle %.0f s)", kid, idle_s)
                 await self.shutdown_kernel(kid)
