@@ -18,7 +18,7 @@
 #   4. decode speed, 400 slices of 512 x 512: JPEG 2000 and HTJ2K, one CPU process, every
 #      core (forked helpers), and the GPU (benchmarks/decode_speed.py --accel);
 #   5. screening speed, 15 decode workers, the model on cuda, decoder auto, with where the time
-#      goes (benchmarks/screen_speed.py; the figures for issue 20 part 2).
+#      goes, with 1, 2 and 4 model streams (benchmarks/screen_speed.py; issue 20 part 2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check-out}
@@ -76,9 +76,9 @@ timeout 150 $PY benchmarks/decode_speed.py --slices 400 --repeat 1 --syntax jpeg
 fi
 
 if want 5; then
-step "5. screening speed: 15 workers, cuda, decoder auto, batch 4"
-timeout 210 $PY benchmarks/screen_speed.py --device cuda --workers 15 --copies 30 \
-  --batch-size 4 --decoder auto --repeat 2 --pipe-repeat 1 --rss-slices 400 \
+step "5. screening speed: 15 workers, cuda, decoder auto, batch 4, model streams 1/2/4"
+timeout 240 $PY benchmarks/screen_speed.py --device cuda --workers 15 --copies 30 \
+  --batch-size 4 --decoder auto --repeat 2 --pipe-repeat 1 --rss-slices 400 --streams 1,2,4 \
   --workdir /tmp/fqi-screen-bench --json "$OUT/screen_speed.json" 2>&1 \
   | grep -v '^ *["{}\[\]0-9-]' | tail -40
 fi

@@ -152,13 +152,16 @@ def _job(paths: list[Path], key: Any) -> SeriesJob:
 DECODER = "cpu"  # set from --decoder in main()
 
 
-def pipelined(paths, model, copies: int, workers: int, batch: int) -> tuple[float, float, list]:
+def pipelined(paths, model, copies: int, workers: int, batch: int,
+              streams: int = 1) -> tuple[float, float, list]:
     """Wall time of *copies* series through the engine, and the steady-state time per series
-    (between the first and the last result: the pool's start-up left out)."""
+    (between the first and the last result: the pool's start-up left out); *streams*
+    batches in the model at once (issue 20 part 2)."""
     jobs = [_job(paths, i) for i in range(copies)]
     t0 = time.perf_counter()
     outs, stamps = [], []
-    for o in screen_series(jobs, model, workers=workers, batch_size=batch, decoder=DECODER):
+    for o in screen_series(jobs, model, workers=workers, batch_size=batch, decoder=DECODER,
+                           model_streams=streams):
         outs.append(o)
         stamps.append(time.perf_counter())
     wall = time.perf_counter() - t0
@@ -309,16 +312,36 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
     copies = args.copies if name == "uncompressed" else max(2 * args.workers, 4)
     null_steady, steady, wall, outs = [], [], [], []
     splits: dict[str, list] = {"decode_only": [], "screen": []}
+    by_streams: dict[int, list[float]] = {k: [] for k in args.streams if k > 1}
+    walls_streams: dict[int, list[float]] = {k: [] for k in by_streams}
+    null_wall: list[float] = []
     for _ in range(args.pipe_repeat if name == "uncompressed" else 1):
         w0, s0, o0 = pipelined(paths, NullModel(), copies, args.workers, 1)
         null_steady.append(s0)
+        null_wall.append(w0)
         splits["decode_only"].append(time_split(o0, w0, args.workers))
         w, s_, o = pipelined(paths, model, copies, args.workers, args.batch_size)
         wall.append(w)
         steady.append(s_)
         splits["screen"].append(time_split(o, w, args.workers))
         outs += o
+        for k, steadies in by_streams.items():  # the same round: the machine's load alike
+            wk, sk, _ = pipelined(paths, model, copies, args.workers, args.batch_size, streams=k)
+            steadies.append(sk)
+            walls_streams[k].append(wk)
     r["time_split"] = splits
+    if by_streams:
+        r["pipelined_screen_s_per_series_by_streams"] = {
+            str(k): round(min(v), 3) for k, v in by_streams.items()}
+        r["ratio_pipelined_by_streams"] = {
+            str(k): round(float(np.median(np.array(v) / np.array(null_steady))), 2)
+            for k, v in by_streams.items()}
+        # whole runs, start-up included (the steady figure, first to last result, flatters a
+        # run whose results come in bursts): wall over the decode-only pipeline's wall
+        r["ratio_wall_by_streams"] = {"1": round(float(np.median(np.array(wall) / np.array(null_wall))), 2)}
+        r["ratio_wall_by_streams"].update({
+            str(k): round(float(np.median(np.array(v) / np.array(null_wall))), 2)
+            for k, v in walls_streams.items()})
     steady_null, steady_screen = min(null_steady), min(steady)
     r.update({
         "copies": copies, "workers": args.workers, "batch_size": args.batch_size,
@@ -370,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--decoder", default="cpu", choices=("auto", "cpu", "gpu"),
                     help="where JPEG 2000 is decoded (dicom.accel); auto on a GPU machine")
+    ap.add_argument("--streams", default="1", type=lambda t: [int(x) for x in t.split(",")],
+                    help="model streams to time the pipelines with, e.g. 1,2,4 (issue 20 part "
+                    "2: batches in the model at once, each on its own thread and CUDA stream)")
     ap.add_argument("--skip-lone", action="store_true",
                     help="skip the lone-series timing (JPEG 2000, one process vs every core)")
     args = ap.parse_args(argv)
@@ -425,6 +451,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['syntax']:12s} {kind:11s} decode {m['decode_s_per_series']} s, model "
                   f"{m['model_s_per_series']} s; model busy {m['model_busy_pct']} %, decode "
                   f"workers busy {m['decode_workers_busy_pct']} % ({', '.join(m['decoders'])})")
+        if "ratio_pipelined_by_streams" in r:
+            print(f"  {r['syntax']:12s} model streams: " + "; ".join(
+                f"{k}: {r['pipelined_screen_s_per_series_by_streams'][k]} s a series "
+                f"({x}x decode-only)" for k, x in r["ratio_pipelined_by_streams"].items())
+                + "; whole runs over decode-only: " + ", ".join(
+                    f"{k} stream(s) {x}x" for k, x in r["ratio_wall_by_streams"].items()))
         if "lone_series" in r:
             ls = r["lone_series"]
             print(f"  {r['syntax']:12s} lone series (best of {ls['rounds']}): one decode "

@@ -300,6 +300,9 @@ class ScreeningConfig(_Strict):
     low_density_hu: float | None = Field(None, description="L1 trabecular HU below which density is low")
     device: str | None = Field(None, description="auto | cpu | cuda | cuda:N | mps")
     batch_size: int | None = Field(None, ge=1)
+    model_streams: int | None = Field(
+        None, ge=1, le=16, description="batches in the model at once, each on its own thread "
+        "and CUDA stream (default 1); for a GPU whose model lags its decode workers")
     workers: int | None = Field(None, ge=0)
     timeout_s: float | None = Field(None, gt=0, description="per-series limit")
     decoder: str | None = Field(

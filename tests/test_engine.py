@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -204,6 +205,83 @@ def test_model_exception_does_not_stop_batch(cohort: list[SeriesJob]) -> None:
     # the batch partner of the failing series still got its own result
     assert sum(o.result.status == "ok" for o in out.values()) == 4
     assert model.calls_many >= 1
+
+
+class ConcurrencyModel(BandHeightModel):
+    """BandHeightModel that records how many of its calls ran at once."""
+
+    def __init__(self, **kw) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(**kw)
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.threads: set[str] = set()
+
+    def screen(self, volume: CTVolume) -> SeriesResult:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.threads.add(threading.current_thread().name)
+        try:
+            return super().screen(volume)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_model_streams_screen_every_series_once_as_one_stream_does(
+        cohort: list[SeriesJob]) -> None:
+    """Issue 20 part 2: with three model streams, batches are in the model at once (on
+    threads of their own), every job yields exactly one outcome, the results are those of one
+    stream, the decode failure passes through, and no shared memory is left behind."""
+    before = _shm_blocks()
+    one = by_key(screen_series(cohort, BandHeightModel(), workers=2))
+    model = ConcurrencyModel(delay=0.4)
+    outcomes = list(screen_series(cohort, model, workers=2, prefetch=3, model_streams=3))
+    assert sorted(str(o.job.key) for o in outcomes) == sorted(str(j.key) for j in cohort)
+    for o in outcomes:
+        a, b = o.result, one[o.job.key].result
+        assert (a.status, a.reason, a.flagged, a.max_grade) == (b.status, b.reason, b.flagged,
+                                                                 b.max_grade)
+        assert [v.genant_grade for v in a.vertebrae] == [v.genant_grade for v in b.vertebrae]
+        if a.status == "ok":
+            assert o.screen_seconds >= 0.4 and o.decode_seconds > 0
+    assert model.most >= 2, "the streams never overlapped"
+    assert all(t.startswith("fqi-model") for t in model.threads)
+    assert one["gap"].result.reason == "SLICE_GAP"
+    assert not _shm_blocks() - before
+
+
+def test_a_model_exception_stays_with_its_series_on_streams(cohort: list[SeriesJob]) -> None:
+    model = BandHeightModel(fail_on_study=cohort[2].study_instance_uid)
+    out = by_key(screen_series(cohort, model, workers=2, batch_size=2, model_streams=2))
+    assert set(out) == {j.key for j in cohort}
+    failed = out["normal1"].result
+    assert failed.status == "error" and failed.reason == "SCREEN_FAILED"
+    assert "planted model failure" in failed.detail
+    assert sum(o.result.status == "ok" for o in out.values()) == 4
+
+
+@pytest.mark.parametrize("streams", [1, 3])
+def test_stopping_early_frees_every_volume(cohort: list[SeriesJob], streams: int) -> None:
+    """A consumer that stops after the first outcome (a notebook interrupted): the batches
+    still in the model finish, and their volumes and the pool's are freed at once (with one
+    stream the waiting volumes stayed in shared memory until the interpreter exited)."""
+    before = _shm_blocks()
+    gen = screen_series(cohort, ConcurrencyModel(delay=0.3), workers=2, model_streams=streams)
+    first = next(gen)
+    assert first.job.key in {j.key for j in cohort}
+    gen.close()
+    assert not _shm_blocks() - before
+
+
+def test_model_streams_out_of_range_is_refused(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from fracture_qi.cli.main import main
+
+    assert main(["screen", str(tmp_path), "--out", str(tmp_path / "o"), "--model-streams",
+                 "0"]) != 0
+    err = capsys.readouterr().err
+    assert "--model-streams 0 is out of range" in err and "Fix:" in err
 
 
 # --------------------------------------------------------------------------------------------

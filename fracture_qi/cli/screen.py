@@ -31,6 +31,7 @@ EPILOG = """\
 examples:
   fracture-qi screen --manifest demo/data_manifest.yaml
   fracture-qi screen --manifest site.yaml --device cuda --workers 15 --batch-size 8
+  fracture-qi screen --manifest site.yaml --device cuda --workers 15 --model-streams 4
   fracture-qi screen --manifest site.yaml --decoder gpu  # JPEG 2000 on the GPU (nvImageCodec)
   fracture-qi screen --manifest site.yaml --dask tcp://10.0.0.5:8786
   fracture-qi screen /media/export --out /tmp/r          # no database
@@ -79,6 +80,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="decode processes (default: CPU cores - 1; 0 decodes in this process)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="series per model call where the model batches (default 1)")
+    p.add_argument("--model-streams", type=int, default=None, metavar="K",
+                   help="batches in the model at once, each on its own thread and (on CUDA) "
+                   "its own stream, while decode workers run (default: the manifest's "
+                   "screening.model_streams, else 1): for a GPU machine whose model lags "
+                   "its decode workers; each stream holds a batch of volumes in memory")
     p.add_argument("--flag-grade", type=int, choices=(1, 2, 3), default=None,
                    help="flag a study when any vertebra reaches this Genant grade (default 2)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -138,6 +144,10 @@ def _check(args: argparse.Namespace) -> None:
     if getattr(args, "timeout_s", None) is not None and args.timeout_s <= 0:
         raise ConfigError(f"--timeout {args.timeout_s} is out of range. Fix: give a number of "
                           "seconds > 0")
+    streams = getattr(args, "model_streams", None)
+    if streams is not None and not 1 <= streams <= 16:
+        raise ConfigError(f"--model-streams {streams} is out of range. Fix: give 1 to 16 "
+                          "(1, the default, screens one batch at a time)")
     for name in ("workers", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < (0 if name != "batch_size" else 1):
@@ -160,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             manifest, engine, device=args.device, workers=args.workers,
             batch_size=args.batch_size, flag_grade=args.flag_grade, limit=args.limit,
             dask=args.dask, progress=progress, timeout_s=args.timeout_s,
-            decoder=args.decoder,
+            decoder=args.decoder, model_streams=args.model_streams,
         )
         for line in summary.lines():
             print(line)
@@ -208,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, dask=args.dask, progress=progress, all_series=args.all_series,
         ignore_age=args.ignore_age, timeout_s=args.timeout_s,
         max_slice_mm=getattr(args, "max_slice_mm", None), decoder=args.decoder,
+        model_streams=args.model_streams or 1,
     )
     if summary.n_planned == 0:
         print("nothing to screen: no eligible series in " + ", ".join(args.paths)

@@ -18,6 +18,9 @@ Pipeline (one process per decode worker, the model in the main process)::
 * A run killed outright is marked ``interrupted`` by the next run, which screens the rest
   (:mod:`~fracture_qi.screening.runs`).
 * The engine imports no torch (decode workers stay light); the model does.
+* ``model_streams > 1`` keeps that many batches in the model at once, on threads (and CUDA
+  streams) of their own, while the main thread keeps the decode workers fed
+  (:mod:`~fracture_qi.screening.streams`).
 
 The engine is split along its seams: :mod:`.jobs` (what is passed around), :mod:`.decode`
 (one series into a volume, and the worker process), :mod:`.pool` (the worker pool and the
@@ -77,6 +80,7 @@ def screen_series(
     loader: Loader = load_job,
     timeout_s: float | None = None,
     decoder: str | None = None,
+    model_streams: int = 1,
 ) -> Iterator[SeriesOutcome]:
     """Screen series, yielding one :class:`SeriesOutcome` per job as each finishes.
 
@@ -109,6 +113,11 @@ def screen_series(
     decoder
         ``"auto"`` (default: ``FRACTURE_QI_DECODER``, else the GPU where nvImageCodec
         decodes identically), ``"cpu"`` or ``"gpu"``; see :mod:`fracture_qi.dicom.accel`.
+    model_streams
+        Batches in the model at once, with decode workers (the manifest's
+        ``screening.model_streams``; default 1): each on its own thread and, on CUDA, its
+        own stream (:mod:`~fracture_qi.screening.streams`). Memory grows by that many
+        batches of volumes.
 
     Yields
     ------
@@ -148,6 +157,21 @@ def screen_series(
             source = pooled_volumes(job_list, loader, workers, prefetch, batch_size,
                                     timeout_s=timeout_s, decode_settings=settings)
             stack.enter_context(_model_threads(model, workers))
+        # a consumer that stops early (a notebook interrupted, a caller's break) closes this
+        # generator: the volume stream is closed with it, at once, so that the volumes decoded
+        # and waiting are freed and the workers stopped (left to the garbage collector, they
+        # stayed in shared memory until the interpreter exited)
+        stack.callback(source.close)
+        if workers and model_streams > 1:
+            from fracture_qi.screening.streams import screen_concurrently
+
+            streamed = screen_concurrently(source, model, model_streams, _batch_outcomes,
+                                           device=model_device(model))
+            stack.callback(streamed.close)  # first: the batches in the model finish and free
+            for outcome in streamed:
+                bar.update(1)
+                yield outcome
+            return
         for item in source:
             if isinstance(item, SeriesOutcome):  # a decode failure
                 bar.update(1)
@@ -159,18 +183,27 @@ def screen_series(
             finally:
                 for r in batch:
                     r.release()
-            for r, (res, secs) in zip(batch, screened):
-                res.seconds = round(r.decoded.seconds + secs, 4)
+            for outcome in _batch_outcomes(batch, screened):
                 bar.update(1)
-                yield SeriesOutcome(
-                    r.job, res, decode_seconds=r.decoded.seconds, screen_seconds=secs,
-                    worker_peak_rss_mb=r.decoded.peak_rss_mb,
-                    n_slices=r.decoded.shape[0] if r.decoded.shape else None,
-                    decoder=r.decoded.meta.get("decoder") or None,
-                )
+                yield outcome
     finally:
         stack.close()
         bar.close()
+
+
+def _batch_outcomes(batch: Sequence[ReadyVolume],
+                    screened: Sequence[tuple[Any, float]]) -> list[SeriesOutcome]:
+    """The outcomes of a screened batch: each result with its decode and model seconds."""
+    out = []
+    for r, (res, secs) in zip(batch, screened):
+        res.seconds = round(r.decoded.seconds + secs, 4)
+        out.append(SeriesOutcome(
+            r.job, res, decode_seconds=r.decoded.seconds, screen_seconds=secs,
+            worker_peak_rss_mb=r.decoded.peak_rss_mb,
+            n_slices=r.decoded.shape[0] if r.decoded.shape else None,
+            decoder=r.decoded.meta.get("decoder") or None,
+        ))
+    return out
 
 
 @contextmanager
@@ -216,6 +249,7 @@ def run_screening(
     loader: Loader = load_job,
     timeout_s: float | None = None,
     decoder: str | None = None,
+    model_streams: int | None = None,
 ) -> RunSummary:
     """Screen the manifest's eligible, not yet screened series into its database.
 
@@ -252,6 +286,9 @@ def run_screening(
     decoder
         ``auto``, ``cpu`` or ``gpu`` (default: the manifest's ``screening.decoder``, then
         ``FRACTURE_QI_DECODER``, then ``auto``); see :mod:`fracture_qi.dicom.accel`.
+    model_streams
+        Batches in the model at once (default: the manifest's ``screening.model_streams``,
+        else 1); see :func:`screen_series`.
 
     Returns
     -------
@@ -279,6 +316,7 @@ def run_screening(
     batch_size = int(pick(batch_size, settings, "batch_size", 1) or 1)
     timeout_s = pick(timeout_s, settings, "timeout_s", None)
     decoder = normalise_decoder(pick(decoder, settings, "decoder", None))
+    model_streams = int(pick(model_streams, settings, "model_streams", 1) or 1)
     if model is None:
         model = load_model(
             getattr(manifest, "model", None), base=base,
@@ -306,7 +344,7 @@ def run_screening(
                          keyimage_dir=str(keyimages))
     params = {
         "workers": workers, "batch_size": batch_size, "limit": limit, "dask": dask,
-        "timeout_s": timeout_s, "decoder": decoder,
+        "timeout_s": timeout_s, "decoder": decoder, "model_streams": model_streams,
         "flag_grade": getattr(model, "flag_grade", flag_grade),
         "low_density_hu": getattr(model, "low_density_hu", settings.get("low_density_hu")),
         "n_planned": len(jobs), "model_kind": model_kind(model),
@@ -325,7 +363,8 @@ def run_screening(
         with Heartbeat(engine, run_id):
             for outcome in _outcomes(jobs, model, workers=workers, batch_size=batch_size,
                                      dask=dask, progress=progress, loader=loader,
-                                     timeout_s=timeout_s, decoder=decoder):
+                                     timeout_s=timeout_s, decoder=decoder,
+                                     model_streams=model_streams):
                 if sink.write(outcome):
                     summary.count(outcome)
                 else:
@@ -364,6 +403,7 @@ def _outcomes(
     loader: Loader,
     timeout_s: float | None = None,
     decoder: str | None = None,
+    model_streams: int = 1,
 ) -> Iterator[SeriesOutcome]:
     if dask:
         if timeout_s:
@@ -375,7 +415,7 @@ def _outcomes(
                                 loader=loader, decoder=decoder)
     return screen_series(jobs, model, workers=workers, batch_size=batch_size,
                          progress=progress, loader=loader, timeout_s=timeout_s,
-                         decoder=decoder)
+                         decoder=decoder, model_streams=model_streams)
 
 
 def screen_paths(
@@ -395,6 +435,7 @@ def screen_paths(
     timeout_s: float | None = None,
     max_slice_mm: float | None = None,
     decoder: str | None = None,
+    model_streams: int = 1,
 ) -> RunSummary:
     """Screen DICOM files/folders directly (no database) into ``out_dir``.
 
@@ -424,6 +465,8 @@ def screen_paths(
         ``SLICE_TOO_THICK``, and a reference screener built here gets the same limit.
     decoder
         ``auto`` (default, or ``FRACTURE_QI_DECODER``), ``cpu`` or ``gpu``.
+    model_streams
+        Batches in the model at once (see :func:`screen_series`).
 
     Returns
     -------
@@ -500,7 +543,8 @@ def screen_paths(
         try:
             for outcome in _outcomes(jobs, model, workers=workers, batch_size=batch_size,
                                      dask=dask, progress=progress, loader=load_job,
-                                     timeout_s=timeout_s, decoder=decoder):
+                                     timeout_s=timeout_s, decoder=decoder,
+                                     model_streams=model_streams):
                 sink.write(outcome, model)
                 summary.count(outcome)
         finally:
