@@ -302,7 +302,8 @@ class ScreeningConfig(_Strict):
     batch_size: int | None = Field(None, ge=1)
     model_streams: int | None = Field(
         None, ge=1, le=16, description="batches in the model at once, each on its own thread "
-        "and CUDA stream (default 1); for a GPU whose model lags its decode workers")
+        "and CUDA stream (default 2; 1: on the main thread); more for a GPU whose model lags its "
+        "decode workers")
     workers: int | None = Field(None, ge=0)
     timeout_s: float | None = Field(None, gt=0, description="per-series limit")
     decoder: str | None = Field(

@@ -232,10 +232,11 @@ class ConcurrencyModel(BandHeightModel):
 def test_model_streams_screen_every_series_once_as_one_stream_does(
         cohort: list[SeriesJob]) -> None:
     """Issue 20 part 2: with three model streams, batches are in the model at once (on
-    threads of their own), every job yields exactly one outcome, the results are those of one
-    stream, the decode failure passes through, and no shared memory is left behind."""
+    threads of their own), every job yields exactly one outcome, the results are those of the
+    model on the main thread, the decode failure passes through, and no shared memory is left
+    behind."""
     before = _shm_blocks()
-    one = by_key(screen_series(cohort, BandHeightModel(), workers=2))
+    one = by_key(screen_series(cohort, BandHeightModel(), workers=2, model_streams=1))
     model = ConcurrencyModel(delay=0.4)
     outcomes = list(screen_series(cohort, model, workers=2, prefetch=3, model_streams=3))
     assert sorted(str(o.job.key) for o in outcomes) == sorted(str(j.key) for j in cohort)
@@ -651,8 +652,11 @@ def test_worker_killed_mid_run_is_replaced_and_every_series_finishes(
     jobs = make_db(url, good)
     engine = connect(url)
     model = WorkerKillingModel(settle_s=1.5 if when == "while_idle" else 0.0)
+    # "while idle" needs the model on the main thread: a model thread sleeping there lets the
+    # main thread decode the rest and close the pool, and there is no worker left to kill
+    streams = 1 if when == "while_idle" else None
     summary = run_screening(_Manifest(tmp_path), engine, model=model, workers=1, progress=False,
-                            jobs=jobs, loader=loader)
+                            jobs=jobs, loader=loader, model_streams=streams)
     assert model.killed, "the test did not kill a worker"
     assert summary.n_ok == len(jobs) and summary.n_error == 0, summary.lines()
     with session_scope(engine) as s:

@@ -83,8 +83,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--model-streams", type=int, default=None, metavar="K",
                    help="batches in the model at once, each on its own thread and (on CUDA) "
                    "its own stream, while decode workers run (default: the manifest's "
-                   "screening.model_streams, else 1): for a GPU machine whose model lags "
-                   "its decode workers; each stream holds a batch of volumes in memory")
+                   "screening.model_streams, else 2; 1 runs the model on the main thread): "
+                   "more for a GPU machine whose model lags its decode workers; each stream "
+                   "holds a batch of volumes in memory")
     p.add_argument("--flag-grade", type=int, choices=(1, 2, 3), default=None,
                    help="flag a study when any vertebra reaches this Genant grade (default 2)")
     p.add_argument("--limit", type=int, default=None, metavar="N",
@@ -147,7 +148,7 @@ def _check(args: argparse.Namespace) -> None:
     streams = getattr(args, "model_streams", None)
     if streams is not None and not 1 <= streams <= 16:
         raise ConfigError(f"--model-streams {streams} is out of range. Fix: give 1 to 16 "
-                          "(1, the default, screens one batch at a time)")
+                          "(2 is the default; 1 screens on the main thread)")
     for name in ("workers", "batch_size", "limit"):
         value = getattr(args, name)
         if value is not None and value < (0 if name != "batch_size" else 1):
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, dask=args.dask, progress=progress, all_series=args.all_series,
         ignore_age=args.ignore_age, timeout_s=args.timeout_s,
         max_slice_mm=getattr(args, "max_slice_mm", None), decoder=args.decoder,
-        model_streams=args.model_streams or 1,
+        model_streams=args.model_streams,
     )
     if summary.n_planned == 0:
         print("nothing to screen: no eligible series in " + ", ".join(args.paths)

@@ -18,8 +18,8 @@ Pipeline (one process per decode worker, the model in the main process)::
 * A run killed outright is marked ``interrupted`` by the next run, which screens the rest
   (:mod:`~fracture_qi.screening.runs`).
 * The engine imports no torch (decode workers stay light); the model does.
-* ``model_streams > 1`` keeps that many batches in the model at once, on threads (and CUDA
-  streams) of their own, while the main thread keeps the decode workers fed
+* With decode workers the model runs on threads (and CUDA streams) of its own, two batches
+  at once by default (``model_streams``), while the main thread keeps the workers fed
   (:mod:`~fracture_qi.screening.streams`).
 
 The engine is split along its seams: :mod:`.jobs` (what is passed around), :mod:`.decode`
@@ -68,6 +68,13 @@ from fracture_qi.screening.runs import (
 
 log = logging.getLogger(__name__)
 
+#: batches in the model at once when decode workers run (``--model-streams``): with one, the
+#: main thread runs the model itself and hands no finished decode worker its next series
+#: meanwhile; with two, the model runs on a thread of its own. On the 2-core dev machine,
+#: uncompressed, 1.30x decode-only with one against 1.09x with two and 1.10x with three
+#: (benchmarks/README.md, "Model streams")
+DEFAULT_MODEL_STREAMS = 2
+
 
 def screen_series(
     jobs: Iterable[SeriesJob],
@@ -80,7 +87,7 @@ def screen_series(
     loader: Loader = load_job,
     timeout_s: float | None = None,
     decoder: str | None = None,
-    model_streams: int = 1,
+    model_streams: int | None = None,
 ) -> Iterator[SeriesOutcome]:
     """Screen series, yielding one :class:`SeriesOutcome` per job as each finishes.
 
@@ -115,9 +122,9 @@ def screen_series(
         decodes identically), ``"cpu"`` or ``"gpu"``; see :mod:`fracture_qi.dicom.accel`.
     model_streams
         Batches in the model at once, with decode workers (the manifest's
-        ``screening.model_streams``; default 1): each on its own thread and, on CUDA, its
-        own stream (:mod:`~fracture_qi.screening.streams`). Memory grows by that many
-        batches of volumes.
+        ``screening.model_streams``; default :data:`DEFAULT_MODEL_STREAMS`): each on its own
+        thread and, on CUDA, its own stream (:mod:`~fracture_qi.screening.streams`); 1 runs
+        the model on this thread. Memory grows by that many batches of volumes.
 
     Yields
     ------
@@ -130,6 +137,7 @@ def screen_series(
     from tqdm.auto import tqdm
 
     workers = default_workers() if workers is None else max(0, int(workers))
+    model_streams = DEFAULT_MODEL_STREAMS if model_streams is None else max(1, int(model_streams))
     batch_size = max(1, int(batch_size))
     prefetch = batch_size if prefetch is None else max(1, int(prefetch))
     bar = tqdm(total=len(job_list), unit="series", desc="screening", disable=not progress,
@@ -288,7 +296,7 @@ def run_screening(
         ``FRACTURE_QI_DECODER``, then ``auto``); see :mod:`fracture_qi.dicom.accel`.
     model_streams
         Batches in the model at once (default: the manifest's ``screening.model_streams``,
-        else 1); see :func:`screen_series`.
+        else :data:`DEFAULT_MODEL_STREAMS`); see :func:`screen_series`.
 
     Returns
     -------
@@ -316,7 +324,7 @@ def run_screening(
     batch_size = int(pick(batch_size, settings, "batch_size", 1) or 1)
     timeout_s = pick(timeout_s, settings, "timeout_s", None)
     decoder = normalise_decoder(pick(decoder, settings, "decoder", None))
-    model_streams = int(pick(model_streams, settings, "model_streams", 1) or 1)
+    model_streams = int(pick(model_streams, settings, "model_streams", DEFAULT_MODEL_STREAMS))
     if model is None:
         model = load_model(
             getattr(manifest, "model", None), base=base,
@@ -403,7 +411,7 @@ def _outcomes(
     loader: Loader,
     timeout_s: float | None = None,
     decoder: str | None = None,
-    model_streams: int = 1,
+    model_streams: int | None = None,
 ) -> Iterator[SeriesOutcome]:
     if dask:
         if timeout_s:
@@ -435,7 +443,7 @@ def screen_paths(
     timeout_s: float | None = None,
     max_slice_mm: float | None = None,
     decoder: str | None = None,
-    model_streams: int = 1,
+    model_streams: int | None = None,
 ) -> RunSummary:
     """Screen DICOM files/folders directly (no database) into ``out_dir``.
 
@@ -466,7 +474,8 @@ def screen_paths(
     decoder
         ``auto`` (default, or ``FRACTURE_QI_DECODER``), ``cpu`` or ``gpu``.
     model_streams
-        Batches in the model at once (see :func:`screen_series`).
+        Batches in the model at once (default :data:`DEFAULT_MODEL_STREAMS`; see
+        :func:`screen_series`).
 
     Returns
     -------
@@ -555,6 +564,7 @@ def screen_paths(
 
 
 __all__ = [
+    "DEFAULT_MODEL_STREAMS",
     "MAX_WORKER_DEATHS",
     "RunSummary",
     "SeriesJob",
