@@ -172,6 +172,13 @@ def test_inline_grades_and_reasons(cohort: list[SeriesJob]) -> None:
     assert all(o.result.seconds is not None for o in out.values())
 
 
+def assert_same_result(a: SeriesResult, b: SeriesResult) -> None:
+    """Two screenings of one series agree: status, reason, flag, grades."""
+    assert (a.status, a.reason, a.flagged, a.max_grade) == (b.status, b.reason, b.flagged,
+                                                             b.max_grade)
+    assert [v.genant_grade for v in a.vertebrae] == [v.genant_grade for v in b.vertebrae]
+
+
 def _shm_blocks() -> set[str]:
     shm = Path("/dev/shm")
     return {p.name for p in shm.glob("psm_*")} if shm.is_dir() else set()
@@ -184,10 +191,8 @@ def test_workers_match_inline_and_batch(cohort: list[SeriesJob]) -> None:
     pooled = list(screen_series(cohort, model, workers=2, batch_size=3))
     assert len(pooled) == len(cohort)
     for o in pooled:
-        a, b = o.result, inline[o.job.key].result
-        assert (a.status, a.reason, a.flagged, a.max_grade) == (b.status, b.reason, b.flagged,
-                                                                 b.max_grade)
-        assert [v.genant_grade for v in a.vertebrae] == [v.genant_grade for v in b.vertebrae]
+        a = o.result
+        assert_same_result(a, inline[o.job.key].result)
         if a.status == "ok":
             assert o.worker_peak_rss_mb and o.worker_peak_rss_mb > 10
             assert a.keyimage is not None and a.keyimage.shape[2] == 3
@@ -241,11 +246,8 @@ def test_model_streams_screen_every_series_once_as_one_stream_does(
     outcomes = list(screen_series(cohort, model, workers=2, prefetch=3, model_streams=3))
     assert sorted(str(o.job.key) for o in outcomes) == sorted(str(j.key) for j in cohort)
     for o in outcomes:
-        a, b = o.result, one[o.job.key].result
-        assert (a.status, a.reason, a.flagged, a.max_grade) == (b.status, b.reason, b.flagged,
-                                                                 b.max_grade)
-        assert [v.genant_grade for v in a.vertebrae] == [v.genant_grade for v in b.vertebrae]
-        if a.status == "ok":
+        assert_same_result(o.result, one[o.job.key].result)
+        if o.result.status == "ok":
             assert o.screen_seconds >= 0.4 and o.decode_seconds > 0
     assert model.most >= 2, "the streams never overlapped"
     assert all(t.startswith("fqi-model") for t in model.threads)
