@@ -312,8 +312,8 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
     copies = args.copies if name == "uncompressed" else max(2 * args.workers, 4)
     null_steady, steady, wall, outs = [], [], [], []
     splits: dict[str, list] = {"decode_only": [], "screen": []}
-    by_streams: dict[int, list[float]] = {k: [] for k in args.streams if k > 1}
-    walls_streams: dict[int, list[float]] = {k: [] for k in by_streams}
+    #: per stream count above 1, each round's (wall, steady) seconds
+    by_streams: dict[int, list[tuple[float, float]]] = {k: [] for k in args.streams if k > 1}
     null_wall: list[float] = []
     for _ in range(args.pipe_repeat if name == "uncompressed" else 1):
         w0, s0, o0 = pipelined(paths, NullModel(), copies, args.workers, 1)
@@ -325,23 +325,24 @@ def measure(name: str, paths: list[Path], model, args) -> dict[str, Any]:
         steady.append(s_)
         splits["screen"].append(time_split(o, w, args.workers))
         outs += o
-        for k, steadies in by_streams.items():  # the same round: the machine's load alike
-            wk, sk, _ = pipelined(paths, model, copies, args.workers, args.batch_size, streams=k)
-            steadies.append(sk)
-            walls_streams[k].append(wk)
+        for k, runs in by_streams.items():  # the same round: the machine's load alike
+            runs.append(pipelined(paths, model, copies, args.workers, args.batch_size,
+                                  streams=k)[:2])
     r["time_split"] = splits
     if by_streams:
+        def ratio(xs: list[float], base: list[float]) -> float:  # median over the rounds
+            return round(float(np.median(np.array(xs) / np.array(base))), 2)
+
+        runs_of = {k: ([w for w, _ in v], [st for _, st in v])  # (walls, steadies)
+                   for k, v in by_streams.items()}
         r["pipelined_screen_s_per_series_by_streams"] = {
-            str(k): round(min(v), 3) for k, v in by_streams.items()}
+            str(k): round(min(st), 3) for k, (_, st) in runs_of.items()}
         r["ratio_pipelined_by_streams"] = {
-            str(k): round(float(np.median(np.array(v) / np.array(null_steady))), 2)
-            for k, v in by_streams.items()}
+            str(k): ratio(st, null_steady) for k, (_, st) in runs_of.items()}
         # whole runs, start-up included (the steady figure, first to last result, flatters a
         # run whose results come in bursts): wall over the decode-only pipeline's wall
-        r["ratio_wall_by_streams"] = {"1": round(float(np.median(np.array(wall) / np.array(null_wall))), 2)}
-        r["ratio_wall_by_streams"].update({
-            str(k): round(float(np.median(np.array(v) / np.array(null_wall))), 2)
-            for k, v in walls_streams.items()})
+        r["ratio_wall_by_streams"] = {"1": ratio(wall, null_wall)} | {
+            str(k): ratio(w, null_wall) for k, (w, _) in runs_of.items()}
     steady_null, steady_screen = min(null_steady), min(steady)
     r.update({
         "copies": copies, "workers": args.workers, "batch_size": args.batch_size,

@@ -623,12 +623,15 @@ class WorkerKillingModel(BandHeightModel):
     def __init__(self, settle_s: float = 0.0) -> None:
         super().__init__()
         self.calls = 0
+        self._lock = threading.Lock()
         self.settle_s = settle_s
         self.killed: list[int] = []
 
     def screen(self, volume: CTVolume) -> SeriesResult:
-        self.calls += 1
-        if self.calls == 2:
+        with self._lock:  # the model may run on two stream threads at once
+            self.calls += 1
+            second = self.calls == 2
+        if second:
             time.sleep(self.settle_s)  # long enough for the worker to finish and wait idle
             for pid in decode_worker_pids():
                 os.kill(pid, signal.SIGKILL)
